@@ -1,0 +1,38 @@
+# Herald: `make run` serves on 127.0.0.1:8080; `make test` installs what the tests
+# need (Python packages, SecantusDB, Redis, nginx, Chromium) and runs them.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint loadtest bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,loadtest]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python server.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy core
+
+test: $(STAMP)
+	bash scripts/test-services.sh
+	$(MAKE) lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+loadtest: $(STAMP)
+	$(BIN)/python loadtests/run.py floor
+
+bench: $(STAMP)
+	$(BIN)/python loadtests/bench.py
+
+clean:
+	rm -rf $(VENV) .herald .pytest_cache .mypy_cache .ruff_cache

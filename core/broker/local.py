@@ -1,0 +1,33 @@
+"""In-process broker: one listener per channel, called synchronously."""
+
+from __future__ import annotations
+
+from core.broker.base import Listener
+from core.model import Event
+
+
+class LocalBroker:
+    """Broker protocol for a single process (the embedded default)."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, Listener] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._listeners.clear()
+
+    async def ping(self) -> None:
+        return None
+
+    def subscribe(self, channel: str, listener: Listener) -> None:
+        self._listeners[channel] = listener
+
+    def unsubscribe(self, channel: str) -> None:
+        self._listeners.pop(channel, None)
+
+    async def publish(self, channel: str, events: list[Event]) -> None:
+        listener = self._listeners.get(channel)
+        if listener is not None:
+            listener(events)

@@ -1,0 +1,106 @@
+"""Wire encodings, computed once per event and shared by every subscriber.
+
+A fan-out to 10,000 subscribers must not serialise an event 10,000 times (Centrifuge's
+``hub.go`` does the same): ``Encoded`` holds an event's JSON envelope and builds its SSE
+block and WebSocket frame lazily, once, the first time a transport asks. Control
+messages go through the same helpers so every transport frames them alike.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from core.model import Event
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, UTF-8 friendly: the one serialiser the server uses."""
+    return _dumps(value)
+
+
+def ws_frame(payload: bytes) -> bytes:
+    """An unmasked, final WebSocket text frame (RFC 6455 5.2), server to client."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+
+
+def http_chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk, so a streaming response can be written below Tornado."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Encoded:
+    """An event and its encodings; each built at most once."""
+
+    __slots__ = ("event", "seq", "json", "_ws", "_sse", "_sse_chunk", "_bytes")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.seq = event.seq
+        self.json: str = _dumps(event.envelope())
+        self._ws: bytes | None = None
+        self._sse: bytes | None = None
+        self._sse_chunk: bytes | None = None
+        self._bytes: bytes | None = None
+
+    @property
+    def terminal(self) -> bool:
+        from core.model import TERMINAL_EVENTS
+
+        return self.event.event in TERMINAL_EVENTS
+
+    def json_bytes(self) -> bytes:
+        if self._bytes is None:
+            self._bytes = self.json.encode()
+        return self._bytes
+
+    def ws(self) -> bytes:
+        if self._ws is None:
+            self._ws = ws_frame(self.json_bytes())
+        return self._ws
+
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (
+                self.seq,
+                self.event.event.encode(),
+                self.json_bytes(),
+            )
+        return self._sse
+
+    def sse_chunk(self) -> bytes:
+        if self._sse_chunk is None:
+            self._sse_chunk = http_chunk(self.sse())
+        return self._sse_chunk
+
+
+def encode_all(events: list[Event]) -> list[Encoded]:
+    return [Encoded(e) for e in events]
+
+
+def control(name: str, **fields: Any) -> dict[str, Any]:
+    """A control message: no ``seq``, so clients never take it for an event."""
+    return {"control": name, **fields}
+
+
+def sse_control(message: dict[str, Any]) -> bytes:
+    """A control message as an SSE block: ``event: control``, no ``id:``."""
+    return b"event: control\ndata: %s\n\n" % _dumps(message).encode()
+
+
+def page_json(events: list[Encoded], next_after: int, done: bool, reset: dict[str, Any] | None) -> bytes:
+    """The long-poll / JSON page body, splicing the pre-encoded envelopes."""
+    head = b'{"events":[' + b",".join(e.json_bytes() for e in events) + b"]"
+    tail = b',"next_after":%d,"done":%s,"reset":%s}' % (
+        next_after,
+        b"true" if done else b"false",
+        _dumps(reset).encode(),
+    )
+    return head + tail

@@ -1,0 +1,50 @@
+"""Herald's typed settings. ``server.py`` fills one instance from the command line and
+``HERALD_*`` environment variables; everything else receives it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class Secret(str):
+    """A string that prints as ``'**********'`` so it never lands in a log."""
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+    __str__ = __repr__
+
+    @property
+    def value(self) -> str:
+        return str.__str__(self)
+
+
+@dataclass(slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    mongo_uri: Secret | None = None
+    mongo_database: str = "herald"
+    #: MongoDB write concern for publishes: "majority", "1", ... plus journaling.
+    mongo_write_concern: str = "majority"
+    redis_url: Secret | None = None
+    jwt_secret: Secret | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithms: tuple[str, ...] = ()
+    transports: tuple[str, ...] = ("websocket", "sse", "longpoll")
+    heartbeat: float = 15.0
+    retention: float = 86400.0
+    max_event_bytes: int = 65536
+    longpoll_wait: float = 25.0
+    #: Window within which events that arrive together are written as one write.
+    coalesce_ms: float = 2.0
+    max_connections: int = 20000
+    #: Bytes a subscriber may have unsent before it is disconnected as too slow.
+    max_buffer_bytes: int = 4 * 1024 * 1024
+    max_attempts: int = 3
+    execution_timeout: float = 120.0
+    cookie_name: str = "herald_token"
+    dev: bool = False
+    dev_token_file: str | None = None
+    log_level: str = "info"
+    extra: dict[str, str] = field(default_factory=dict)

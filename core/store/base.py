@@ -1,0 +1,62 @@
+"""The Store protocol: where executions and their event logs live.
+
+Two implementations sit side by side and pass one contract suite
+(``tests/test_store_contract.py``): ``memory.MemoryStore``, the embedded default, and
+``mongo.MongoStore``. Both apply the pure rules of ``core.model.plan_append``; a store's
+own job is to make each append atomic and durable, and to allocate ``seq`` so that
+the log has no gap and no duplicate even with several Herald processes writing.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from core.model import AppendPlan, Event, Execution, PublishItem, Status
+
+
+class Store(Protocol):
+    """Executions and their append-only event logs."""
+
+    async def start(self) -> None:
+        """Connect and create indexes; must not fail when the backend is down
+        (Herald starts anyway and reports it on ``/readyz``)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def ping(self) -> None:
+        """Return when the backend answers; raise ``StoreUnavailable`` otherwise."""
+
+    async def create_execution(self, execution: Execution) -> None:
+        """Store a new execution document."""
+
+    async def get_execution(self, execution_id: str) -> Execution | None:
+        """The document, or None."""
+
+    async def list_executions(
+        self,
+        *,
+        owner: str | None,
+        status: Status | None = None,
+        kind: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Execution]:
+        """Newest first; ``owner=None`` lists everyone's; ``before`` is the id of the
+        last execution of the previous page (exclusive)."""
+
+    async def append(self, execution_id: str, items: list[PublishItem]) -> AppendPlan:
+        """Append the events ``plan_append`` decides, atomically and durably.
+
+        Raises ``not_found`` for an unknown id and ``stream_closed`` (409) when a new
+        event would follow a terminal one. Returns the plan that was stored.
+        """
+
+    async def events_after(self, execution_id: str, after: int, limit: int) -> list[Event]:
+        """Up to ``limit`` stored events with ``seq > after``, in order. When retention
+        dropped some, the first one returned has ``seq > after + 1``."""
+
+    async def prune(self, older_than: float) -> int:
+        """Drop events published before ``older_than`` (epoch seconds); return how many.
+        (MongoDB does it with a TTL index and may return 0.)"""

@@ -1,0 +1,122 @@
+"""The embedded store: everything in this process's memory.
+
+The default for ``python server.py``: no setup, fast, and a real implementation of
+the Store contract (it passes the same suite as MongoDB). Its limits are the obvious
+ones: state is lost when the process stops and it cannot be shared between processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.errors import not_found
+from core.model import AppendPlan, Event, Execution, PublishItem, Status, plan_append
+
+
+@dataclass(slots=True)
+class _Log:
+    """One execution's retained events; ``events[i].seq == first + i``."""
+
+    events: list[Event] = field(default_factory=list)
+    first: int = 1
+    keys: dict[str, int] = field(default_factory=dict)
+
+
+class MemoryStore:
+    """Store protocol over dicts and lists. Appends are atomic because the event loop
+    runs one at a time and ``append`` does not await in the middle."""
+
+    def __init__(self) -> None:
+        self._executions: dict[str, Execution] = {}
+        self._order: list[str] = []  # creation order, oldest first
+        self._logs: dict[str, _Log] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        return None
+
+    async def create_execution(self, execution: Execution) -> None:
+        self._executions[execution.id] = execution.copy()
+        self._order.append(execution.id)
+        self._logs[execution.id] = _Log()
+
+    async def get_execution(self, execution_id: str) -> Execution | None:
+        found = self._executions.get(execution_id)
+        return found.copy() if found else None
+
+    async def list_executions(
+        self,
+        *,
+        owner: str | None,
+        status: Status | None = None,
+        kind: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Execution]:
+        found: list[Execution] = []
+        start = len(self._order) - 1
+        if before is not None:
+            ex = self._executions.get(before)
+            start = self._order.index(before) - 1 if ex else -1
+        for i in range(start, -1, -1):
+            ex = self._executions[self._order[i]]
+            if owner is not None and ex.owner != owner:
+                continue
+            if status is not None and ex.status is not status:
+                continue
+            if kind is not None and ex.kind != kind:
+                continue
+            if queue is not None and ex.queue != queue:
+                continue
+            found.append(ex.copy())
+            if len(found) >= limit:
+                break
+        return found
+
+    async def append(self, execution_id: str, items: list[PublishItem]) -> AppendPlan:
+        current = self._executions.get(execution_id)
+        if current is None:
+            raise not_found()
+        log = self._logs[execution_id]
+        plan = plan_append(current, items, log.keys)
+        if plan.events:
+            if not log.events:
+                log.first = plan.events[0].seq
+            log.events.extend(plan.events)
+            for event in plan.events:
+                if event.key is not None:
+                    log.keys[event.key] = event.seq
+            self._executions[execution_id] = plan.execution.copy()
+        return plan
+
+    async def events_after(self, execution_id: str, after: int, limit: int) -> list[Event]:
+        log = self._logs.get(execution_id)
+        if log is None or not log.events:
+            return []
+        start = max(0, after + 1 - log.first)
+        return log.events[start : start + limit]
+
+    async def prune(self, older_than: float) -> int:
+        dropped = 0
+        for log in self._logs.values():
+            n = 0
+            for event in log.events:
+                if event.timestamp >= older_than:
+                    break
+                n += 1
+            if n:
+                del log.events[:n]
+                log.first += n
+                dropped += n
+        return dropped
+
+    # Direct replacement of a document, for server-side transitions that are not
+    # events (a worker taking or giving back an execution).
+    async def replace_execution(self, execution: Execution) -> None:
+        self._executions[execution.id] = execution.copy()

@@ -1,0 +1,516 @@
+"""Publishing and following: the one place that owns delivery order.
+
+``Core.publish`` group-commits: concurrent publishes to one execution are appended by
+one ``store.append`` (one seq range, one insert), then handed to the broker in seq
+order. ``Core.follow`` returns a ``Subscription``, which:
+
+1. joins the execution's ``Hub`` *first* (live events are buffered while it catches up),
+2. reads ``store.events_after(cursor)`` until it has caught up,
+3. then takes live events, dropping any with ``seq <= last`` and going back to the
+   store whenever it sees a gap (``seq > last + 1``).
+
+Sequences have no gaps, so that rule gives exactly-once, in-order delivery on every
+transport. A transport is a ``Sink``: it only frames and writes what it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Protocol
+
+from core.auth import Authenticator
+from core.broker.base import Broker
+from core.codec import Encoded, encode_all
+from core.errors import ErrorCode, HeraldError, StoreUnavailable, bad_request, not_found, store_unavailable
+from core.metrics import Metrics
+from core.model import Event, Execution, PublishItem, new_execution_id
+from core.settings import Settings
+from core.store.base import Store
+from core.tickets import TicketBook
+from core.timing import heartbeat_due
+
+log = logging.getLogger("herald.stream")
+
+CATCH_UP_PAGE = 1000
+
+
+class Sink(Protocol):
+    """What a transport offers a Subscription: write-only, never awaited."""
+
+    transport: str
+
+    def send_events(self, batch: list[Encoded]) -> None:
+        """Write events (seq-ordered, no duplicates, no gaps)."""
+
+    def send_reset(self, execution: Execution) -> None:
+        """Tell the client events were dropped by retention; the cursor jumps."""
+
+    def end_stream(self) -> None:
+        """The terminal event was written: end the stream normally."""
+
+
+class Subscription:
+    """One client's position in one execution's stream."""
+
+    __slots__ = ("core", "execution_id", "last", "sink", "_catching", "_pending", "_hub", "_closed", "_task", "limit")
+
+    def __init__(self, core: Core, execution_id: str, after: int, sink: Sink, limit: int = CATCH_UP_PAGE):
+        self.core = core
+        self.execution_id = execution_id
+        self.last = after
+        self.sink = sink
+        self.limit = limit
+        self._catching = True
+        self._pending: list[Encoded] = []
+        self._hub: Hub | None = None
+        self._closed = False
+        self._task: asyncio.Task | None = None
+
+    async def start(self, execution: Execution) -> None:
+        """Join the hub, replay from the store, then go live. ``execution`` is the
+        document the caller authorised against (it tells a finished stream)."""
+        self._hub = self.core._hub(self.execution_id)
+        self._hub.add(self)
+        if execution.status.terminal and self.last >= execution.last_seq:
+            self._finish()
+            return
+        await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        """Read the store until caught up, then drain what arrived live meanwhile."""
+        store = self.core.store
+        while not self._closed:
+            events = await store.events_after(self.execution_id, self.last, self.limit)
+            if events and events[0].seq > self.last + 1:
+                await self._reset()
+                continue
+            if not events:
+                if await self._dropped_everything():
+                    await self._reset()
+                    continue
+                break
+            self._deliver(encode_all(events))
+            self.core.metrics.delivered[self.sink.transport] += len(events)
+            if len(events) < self.limit or self._closed:
+                break
+        if self._closed:
+            return
+        pending, self._pending = self._pending, []
+        self._catching = False
+        if pending:
+            self.on_live(pending)
+
+    async def _dropped_everything(self) -> bool:
+        """No event after the cursor: retention dropped them, or there are none yet.
+        Checked against a fresh document, then the log again, so that an event
+        published in between is not mistaken for a drop."""
+        doc = await self.core.store.get_execution(self.execution_id)
+        if doc is None or doc.last_seq <= self.last:
+            return False
+        again = await self.core.store.events_after(self.execution_id, self.last, 1)
+        return not again or again[0].seq > self.last + 1
+
+    async def _reset(self) -> None:
+        doc = await self.core.store.get_execution(self.execution_id)
+        if doc is None:
+            raise not_found()
+        self.last = doc.last_seq
+        self._pending = [e for e in self._pending if e.seq > self.last]
+        self.sink.send_reset(doc)
+        if doc.status.terminal:
+            self._finish()
+
+    def _deliver(self, batch: list[Encoded]) -> None:
+        self.last = batch[-1].seq
+        self.sink.send_events(batch)
+        if batch[-1].terminal:
+            self._finish()
+
+    def on_live(self, batch: list[Encoded]) -> None:
+        """Called by the hub with a fan-out batch (seq order)."""
+        if self._catching:
+            self._pending.extend(batch)
+            return
+        first = batch[0].seq
+        if first == self.last + 1:
+            self._deliver(batch)
+            return
+        if first <= self.last:
+            batch = [e for e in batch if e.seq > self.last]
+            if not batch:
+                return
+            if batch[0].seq == self.last + 1:
+                self._deliver(batch)
+                return
+        # A gap: something was published that the broker did not bring us.
+        self._catching = True
+        self._pending.extend(batch)
+        self._task = asyncio.ensure_future(self._recover())
+
+    async def _recover(self) -> None:
+        try:
+            await self._catch_up()
+        except (StoreUnavailable, HeraldError) as exc:
+            log.warning("catch-up of %s failed: %s; retrying", self.execution_id, exc)
+            await asyncio.sleep(1)
+            if not self._closed:
+                self._task = asyncio.ensure_future(self._recover())
+
+    def _finish(self) -> None:
+        self.close()
+        self.sink.end_stream()
+
+    def close(self) -> None:
+        """Leave the hub; idempotent, called on every exit path."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._hub is not None:
+            self._hub.discard(self)
+        if self._task is not None and not self._task.done() and self._task is not asyncio.current_task():
+            self._task.cancel()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Hub:
+    """This process's subscribers of one execution, and its coalescing window.
+
+    The first batch after a quiet period is written at once; batches that follow
+    within ``window`` seconds are gathered and written together when it closes. So a
+    lone token is never delayed, and a burst costs one write per window per subscriber.
+    """
+
+    __slots__ = ("core", "execution_id", "subs", "_pending", "_timer", "_window_until")
+
+    def __init__(self, core: Core, execution_id: str) -> None:
+        self.core = core
+        self.execution_id = execution_id
+        self.subs: set[Subscription] = set()
+        self._pending: list[Encoded] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._window_until = 0.0
+
+    def add(self, sub: Subscription) -> None:
+        self.subs.add(sub)
+
+    def discard(self, sub: Subscription) -> None:
+        self.subs.discard(sub)
+        if not self.subs:
+            self.core._drop_hub(self)
+
+    def on_events(self, events: list[Event]) -> None:
+        """Broker listener: events just stored, in seq order."""
+        batch = encode_all(events)
+        window = self.core.coalesce_window
+        if window <= 0:
+            self._fan_out(batch)
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._timer is None and now >= self._window_until:
+            self._window_until = now + window
+            self._fan_out(batch)
+            return
+        self._pending.extend(batch)
+        if self._timer is None:
+            self._timer = loop.call_at(self._window_until, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        batch, self._pending = self._pending, []
+        if batch:
+            self._window_until = asyncio.get_running_loop().time() + self.core.coalesce_window
+            self._fan_out(batch)
+
+    def _fan_out(self, batch: list[Encoded]) -> None:
+        subs = tuple(self.subs)
+        delivered = self.core.metrics.delivered
+        per_transport: dict[str, int] = {}
+        for sub in subs:
+            sub.on_live(batch)
+            t = sub.sink.transport
+            per_transport[t] = per_transport.get(t, 0) + 1
+        if per_transport:
+            latency = time.time() - batch[0].event.timestamp
+            n = len(batch)
+            for t, count in per_transport.items():
+                delivered[t] += count * n
+                self.core.metrics.latency.labels(t).observe(latency)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class _AppendQueue:
+    """Publishes to one execution waiting for the one append in flight."""
+
+    __slots__ = ("waiting", "busy")
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[list[PublishItem], asyncio.Future]] = []
+        self.busy = False
+
+
+class Connection(Protocol):
+    """An open stream, as the shared timer sees it."""
+
+    transport: str
+    expires_at: float
+
+    def heartbeat(self, now: float) -> None:
+        """Send a heartbeat (and close the connection if the peer went silent)."""
+
+    def expire(self) -> None:
+        """The token expired: end the stream with ``token_expired``."""
+
+
+class Core:
+    """The domain service behind every handler and transport."""
+
+    def __init__(self, settings: Settings, store: Store, broker: Broker, authenticator: Authenticator):
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self.auth = authenticator
+        self.tickets = TicketBook()
+        self.metrics = Metrics()
+        self.coalesce_window = settings.coalesce_ms / 1000.0
+        self._hubs: dict[str, Hub] = {}
+        self._queues: dict[str, _AppendQueue] = {}
+        self._owners: dict[str, Execution] = {}
+        self.connections: set[Connection] = set()
+        self._last_heartbeat = time.monotonic()
+        self._timer_task: asyncio.Task | None = None
+        self._prune_task: asyncio.Task | None = None
+        self.draining = False
+        #: Called with (execution, events) after every append; workers and the
+        #: dashboard feed listen here.
+        self.observers: list[Any] = []
+
+    # --- life cycle -------------------------------------------------------------
+    async def start(self) -> None:
+        await self.store.start()
+        await self.broker.start()
+        self._timer_task = asyncio.ensure_future(self._tick_forever())
+        self._prune_task = asyncio.ensure_future(self._prune_forever())
+
+    async def stop(self) -> None:
+        self.draining = True
+        for task in (self._timer_task, self._prune_task):
+            if task is not None:
+                task.cancel()
+        for hub in list(self._hubs.values()):
+            hub.cancel()
+        await self.broker.close()
+        await self.store.close()
+
+    # --- executions ---------------------------------------------------------------
+    async def create_execution(self, owner: str, kind: str, input_: dict[str, Any], queue: str | None) -> Execution:
+        now = time.time()
+        execution = Execution(
+            id=new_execution_id(), owner=owner, kind=kind, queue=queue, input=input_, created_at=now, updated_at=now
+        )
+        await self._guard(self.store.create_execution(execution))
+        for observer in self.observers:
+            observer(execution, [])
+        return execution
+
+    async def get_execution(self, execution_id: str) -> Execution:
+        """The document, or 404."""
+        found = await self._guard(self.store.get_execution(execution_id))
+        if found is None:
+            raise not_found()
+        return found
+
+    async def execution_for_auth(self, execution_id: str) -> Execution:
+        """The document for a permission check. Owner and queue never change, so a
+        cached copy serves publishes without a store round trip."""
+        cached = self._owners.get(execution_id)
+        if cached is not None:
+            return cached
+        found = await self.get_execution(execution_id)
+        if len(self._owners) > 100_000:
+            self._owners.clear()
+        self._owners[execution_id] = found
+        return found
+
+    async def list_executions(self, **query: Any) -> list[Execution]:
+        return await self._guard(self.store.list_executions(**query))
+
+    # --- publishing -----------------------------------------------------------------
+    def check_size(self, items: list[PublishItem]) -> None:
+        """413 for an event whose envelope would exceed ``max_event_bytes``."""
+        from core.codec import dumps
+
+        limit = self.settings.max_event_bytes
+        for i, item in enumerate(items):
+            size = len(dumps(item.data).encode()) + len(item.event) + 160
+            if size > limit:
+                raise HeraldError(
+                    ErrorCode.EVENT_TOO_LARGE,
+                    413,
+                    f"event is {size} bytes; the limit is {limit}",
+                    {"index": i, "max_event_bytes": limit},
+                )
+
+    async def publish(self, execution_id: str, items: list[PublishItem]) -> list[int]:
+        """Append ``items`` durably and fan them out; return each item's seq.
+
+        Concurrent calls for one execution are gathered into one store append (group
+        commit). Returns only after the store acknowledged the write.
+        """
+        self.check_size(items)
+        queue = self._queues.get(execution_id)
+        if queue is None:
+            queue = self._queues[execution_id] = _AppendQueue()
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        queue.waiting.append((items, future))
+        if not queue.busy:
+            queue.busy = True
+            asyncio.ensure_future(self._drain(execution_id, queue))
+        return await future
+
+    async def _drain(self, execution_id: str, queue: _AppendQueue) -> None:
+        try:
+            while queue.waiting:
+                group, queue.waiting = queue.waiting, []
+                if len(group) == 1:
+                    await self._append_one(execution_id, *group[0])
+                    continue
+                merged = [item for items, _ in group for item in items]
+                try:
+                    plan = await self._guard(self.store.append(execution_id, merged))
+                except HeraldError:
+                    # One request of the group is refused (a publish after the
+                    # terminal event): append them one by one for per-request answers.
+                    for items, future in group:
+                        await self._append_one(execution_id, items, future)
+                    continue
+                at = 0
+                for items, future in group:
+                    if not future.done():
+                        future.set_result(plan.seqs[at : at + len(items)])
+                    at += len(items)
+                await self._announce(plan.execution, plan.events)
+        finally:
+            queue.busy = False
+            if not queue.waiting:
+                self._queues.pop(execution_id, None)
+
+    async def _append_one(self, execution_id: str, items: list[PublishItem], future: asyncio.Future) -> None:
+        try:
+            plan = await self._guard(self.store.append(execution_id, items))
+        except Exception as exc:  # handed to the caller, who renders it
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(plan.seqs)
+        await self._announce(plan.execution, plan.events)
+
+    async def _announce(self, execution: Execution, events: list[Event]) -> None:
+        """Hand freshly stored events to the broker and the observers."""
+        if not events:
+            return
+        self.metrics.published.inc(len(events))
+        try:
+            await self.broker.publish(execution.id, events)
+        except Exception:  # the events are stored: subscribers catch up from the store
+            log.exception("broker publish failed for %s", execution.id)
+        for observer in self.observers:
+            observer(execution, events)
+
+    async def publish_server_event(self, execution_id: str, event: str, data: Any) -> list[int]:
+        """Publish an event on the server's own behalf (cancel, timeouts)."""
+        return await self.publish(execution_id, [PublishItem(event, data)])
+
+    async def _guard(self, awaitable):
+        """Map a store outage to 503 with ``Retry-After``."""
+        try:
+            return await awaitable
+        except StoreUnavailable as exc:
+            raise store_unavailable(str(exc) or "the store did not answer") from None
+
+    # --- following --------------------------------------------------------------
+    def follow(self, execution_id: str, after: int, sink: Sink, limit: int = CATCH_UP_PAGE) -> Subscription:
+        """A subscription; call ``await sub.start(execution)``, ``close()`` on exit."""
+        return Subscription(self, execution_id, after, sink, limit)
+
+    @staticmethod
+    def check_cursor(execution: Execution, after: int) -> None:
+        if after < 0:
+            raise bad_request("after must be a non-negative integer", ErrorCode.CURSOR_OUT_OF_RANGE)
+        if after > execution.last_seq:
+            raise bad_request(
+                f"after={after} is past the newest event ({execution.last_seq})",
+                ErrorCode.CURSOR_OUT_OF_RANGE,
+                last_seq=execution.last_seq,
+            )
+
+    def _hub(self, execution_id: str) -> Hub:
+        hub = self._hubs.get(execution_id)
+        if hub is None:
+            hub = self._hubs[execution_id] = Hub(self, execution_id)
+            self.broker.subscribe(execution_id, hub.on_events)
+        return hub
+
+    def _drop_hub(self, hub: Hub) -> None:
+        if self._hubs.get(hub.execution_id) is hub:
+            del self._hubs[hub.execution_id]
+            hub.cancel()
+            self.broker.unsubscribe(hub.execution_id)
+
+    # --- connections, heartbeats, expiry ---------------------------------------------
+    def admit(self, connection: Connection) -> bool:
+        """Register an open stream; False when the connection limit is reached."""
+        if len(self.connections) >= self.settings.max_connections:
+            return False
+        self.connections.add(connection)
+        self.metrics.connections[connection.transport] += 1
+        return True
+
+    def release(self, connection: Connection) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self.metrics.connections[connection.transport] -= 1
+
+    async def _tick_forever(self) -> None:
+        """One shared timer for every connection: heartbeats and token expiry."""
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.heartbeat / 2))
+            try:
+                self._tick(time.time(), time.monotonic())
+            except Exception:
+                log.exception("heartbeat tick failed")
+
+    def _tick(self, wall: float, mono: float) -> None:
+        expired = [c for c in self.connections if c.expires_at <= wall]
+        for connection in expired:
+            connection.expire()
+        if heartbeat_due(last_sent=self._last_heartbeat, interval=self.settings.heartbeat, now=mono):
+            self._last_heartbeat = mono
+            for connection in tuple(self.connections):
+                connection.heartbeat(mono)
+
+    async def _prune_forever(self) -> None:
+        """Retention for stores that do not expire events by themselves."""
+        interval = max(1.0, min(60.0, self.settings.retention / 10))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.prune(time.time() - self.settings.retention)
+            except Exception as exc:
+                log.warning("pruning events failed: %s", exc)

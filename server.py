@@ -1,0 +1,260 @@
+"""Herald's composition root: Settings → Store, Broker → Core → Application.
+
+``python server.py`` with no options serves on 127.0.0.1:8080 with the embedded store
+and in-process broker, and prints a dashboard URL with a development token. Every
+option is also an environment variable ``HERALD_<NAME>`` (PROTOCOL.md section 7).
+This is the only module that names a concrete Store or Broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import tornado.web
+from tornado.httpserver import HTTPServer
+
+from core.auth import ALL_SCOPES, Authenticator
+from core.broker.base import Broker
+from core.settings import Secret, Settings
+from core.store.base import Store
+from core.stream import Core
+from handlers.executions import CancelHandler, EventsHandler, ExecutionHandler, ExecutionsHandler, TicketsHandler
+from handlers.ops import HealthHandler, MetricsHandler, NegotiateHandler, ReadyHandler
+from handlers.pages import PageHandler
+from transports import TRANSPORTS
+from transports.base import STREAM_PATH
+
+log = logging.getLogger("herald")
+HERE = os.path.dirname(os.path.abspath(__file__))
+REDACTED_PARAMS = ("access_token", "ticket", "token")
+
+# name, type, default, help — each also HERALD_<NAME>.
+OPTIONS: list[tuple[str, Any, Any, str]] = [
+    ("host", str, "127.0.0.1", "address to listen on"),
+    ("port", int, 8080, "port to listen on"),
+    ("mongo-uri", str, None, "MongoDB URI; without it the embedded in-memory store is used"),
+    ("mongo-database", str, "herald", "MongoDB database name"),
+    ("mongo-write-concern", str, "majority", "write concern for publishes (journaled): majority, 1, ..."),
+    ("redis-url", str, None, "Redis URL for the broker (several processes); default in-process"),
+    ("jwt-secret", str, None, "HS256 shared secret; without it (and no public key) a dev secret is made"),
+    ("jwt-public-key", str, None, "PEM public key (or @path) for RS256/ES256 tokens"),
+    ("jwt-algorithms", str, "", "comma-separated accepted algorithms (default HS256, or RS256,ES256)"),
+    ("transports", str, "websocket,sse,longpoll", "transports offered, in preference order"),
+    ("heartbeat", float, 15.0, "seconds between heartbeats on open streams"),
+    ("retention", float, 86400.0, "seconds events are kept"),
+    ("max-event-bytes", int, 65536, "largest accepted event envelope, in bytes"),
+    ("longpoll-wait", float, 25.0, "wait advertised to long-poll clients, seconds"),
+    ("coalesce-ms", float, 2.0, "window in which events arriving together share one write"),
+    ("max-connections", int, 20000, "open stream connections this process accepts"),
+    ("max-buffer-bytes", int, 4 * 1024 * 1024, "unsent bytes after which a subscriber is dropped as slow"),
+    ("max-attempts", int, 3, "times an execution is handed to a worker before it fails"),
+    ("execution-timeout", float, 120.0, "seconds without an event before a running execution fails"),
+    ("log-level", str, "info", "debug, info, warning, error"),
+]
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Command line over environment over defaults, into one typed Settings."""
+    parser = argparse.ArgumentParser(prog="server.py", description="Herald: execution event streams")
+    for name, typ, default, help_ in OPTIONS:
+        env = "HERALD_" + name.upper().replace("-", "_")
+        value = environ.get(env, default)
+        parser.add_argument(
+            f"--{name}", type=typ, default=typ(value) if value is not None else None, help=f"{help_} (${env})"
+        )
+    args = parser.parse_args(list(argv))
+    transports = tuple(t.strip() for t in args.transports.split(",") if t.strip())
+    unknown = [t for t in transports if t not in TRANSPORTS]
+    if unknown or not transports:
+        parser.error(f"--transports takes a list of {', '.join(TRANSPORTS)}")
+    public_key = args.jwt_public_key
+    if public_key and public_key.startswith("@"):
+        with open(public_key[1:]) as fh:
+            public_key = fh.read()
+    return Settings(
+        host=args.host,
+        port=args.port,
+        mongo_uri=Secret(args.mongo_uri) if args.mongo_uri else None,
+        mongo_database=args.mongo_database,
+        mongo_write_concern=args.mongo_write_concern,
+        redis_url=Secret(args.redis_url) if args.redis_url else None,
+        jwt_secret=Secret(args.jwt_secret) if args.jwt_secret else None,
+        jwt_public_key=public_key,
+        jwt_algorithms=tuple(a.strip() for a in args.jwt_algorithms.split(",") if a.strip()),
+        transports=transports,
+        heartbeat=args.heartbeat,
+        retention=args.retention,
+        max_event_bytes=args.max_event_bytes,
+        longpoll_wait=args.longpoll_wait,
+        coalesce_ms=args.coalesce_ms,
+        max_connections=args.max_connections,
+        max_buffer_bytes=args.max_buffer_bytes,
+        max_attempts=args.max_attempts,
+        execution_timeout=args.execution_timeout,
+        log_level=args.log_level,
+        dev=not (args.jwt_secret or public_key),
+    )
+
+
+def dev_secret(directory: str = os.path.join(HERE, ".herald")) -> str:
+    """A development secret kept in ``.herald/`` so dev tokens survive restarts."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "dev-secret")
+    if not os.path.exists(path):
+        with open(path, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+        os.chmod(path, 0o600)
+    with open(path) as fh:
+        return fh.read().strip()
+
+
+def build_store(settings: Settings) -> Store:
+    if settings.mongo_uri:
+        from core.store.mongo import MongoStore
+
+        return MongoStore(settings.mongo_uri.value, settings.mongo_database, settings.mongo_write_concern)
+    from core.store.memory import MemoryStore
+
+    return MemoryStore()
+
+
+def build_broker(settings: Settings) -> Broker:
+    if settings.redis_url:
+        from core.broker.redis import RedisBroker
+
+        return RedisBroker(settings.redis_url.value)
+    from core.broker.local import LocalBroker
+
+    return LocalBroker()
+
+
+def build_core(settings: Settings) -> Core:
+    if settings.jwt_public_key:
+        auth = Authenticator(public_key=settings.jwt_public_key, algorithms=settings.jwt_algorithms)
+    else:
+        secret = settings.jwt_secret.value if settings.jwt_secret else dev_secret()
+        auth = Authenticator(secret=secret, algorithms=settings.jwt_algorithms)
+    return Core(settings, build_store(settings), build_broker(settings), auth)
+
+
+def redacted_uri(uri: str) -> str:
+    """The request URI with credentials in the query replaced by ``***``."""
+    parts = urlsplit(uri)
+    if not parts.query:
+        return uri
+    query = [(k, "***" if k in REDACTED_PARAMS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Access log without tokens or tickets."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    logging.getLogger("tornado.access").log(
+        level,
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        redacted_uri(request.uri or ""),
+        request.remote_ip,
+        1000.0 * request.request_time(),
+    )
+
+
+def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web.Application:
+    """The Tornado application: API routes, one stream URL with a rule per transport."""
+    c = {"core": core}
+    handlers: list[Any] = [
+        (r"/api/negotiate", NegotiateHandler, c),
+        (r"/healthz", HealthHandler, c),
+        (r"/readyz", ReadyHandler, c),
+        (r"/metrics", MetricsHandler, c),
+        (r"/api/tickets", TicketsHandler, c),
+        (r"/api/executions", ExecutionsHandler, c),
+        (r"/api/executions/([A-Za-z0-9_-]{1,64})", ExecutionHandler, c),
+        (r"/api/executions/([A-Za-z0-9_-]{1,64})/cancel", CancelHandler, c),
+    ]
+    handlers += [TRANSPORTS[name](core) for name in core.settings.transports]
+    handlers += [(STREAM_PATH, EventsHandler, c)]
+    handlers += extra_handlers or []
+    handlers += [
+        (r"/", PageHandler, {"core": core, "template": "dashboard.html"}),
+        (r"/executions/([A-Za-z0-9_-]{1,64})", PageHandler, {"core": core, "template": "execution.html"}),
+    ]
+    return tornado.web.Application(
+        handlers,
+        static_path=os.path.join(HERE, "static"),
+        log_function=log_request,
+        websocket_max_message_size=max(65536, core.settings.max_event_bytes * 2),
+        max_body_size=max(core.settings.max_event_bytes * 1000, 1 << 20),
+    )
+
+
+def dashboard_url(core: Core, settings: Settings) -> str:
+    token = core.auth.mint("dev", ALL_SCOPES, ttl=7 * 86400)
+    path = os.path.join(HERE, ".herald", "dev-token")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(token)
+    return f"http://{settings.host}:{settings.port}/#token={token}"
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM; then close streams with 1001 so clients resume elsewhere."""
+    core = build_core(settings)
+    await core.start()
+    app = make_app(core)
+    server = HTTPServer(app, xheaders=False, idle_connection_timeout=3600)
+    server.listen(settings.port, settings.host, backlog=4096)
+    log.info(
+        "Herald listening on http://%s:%d (%s store, %s broker)",
+        settings.host,
+        settings.port,
+        "MongoDB" if settings.mongo_uri else "embedded",
+        "Redis" if settings.redis_url else "in-process",
+    )
+    if settings.dev:
+        print(
+            f"\nDashboard (development token, valid 7 days):\n  {dashboard_url(core, settings)}\n"
+            "The token is also in .herald/dev-token\n",
+            flush=True,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down")
+    server.stop()
+    from core.closecodes import CloseCode
+
+    for connection in list(core.connections):
+        close = getattr(connection, "close", None)
+        if callable(close) and connection.transport == "websocket":
+            close(CloseCode.GOING_AWAY, "server_shutdown")
+        else:
+            connection.expire()
+    await asyncio.sleep(0.1)
+    await core.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()
