@@ -1,0 +1,15 @@
+"""Herald's Python client: the HTTP API and a stream follower over any transport.
+
+Built on Tornado's own HTTP and WebSocket clients. Used by the tests, the load tests
+and the worker SDK::
+
+    client = HeraldClient("http://127.0.0.1:8080", token)
+    execution = await client.create("chat")
+    async for event in client.follow(execution["id"], transport="sse"):
+        print(event["seq"], event["event"], event["data"])
+"""
+
+from client.api import ApiError, HeraldClient
+from client.follow import Follower, StreamEnded
+
+__all__ = ["ApiError", "Follower", "HeraldClient", "StreamEnded"]

@@ -1,0 +1,237 @@
+"""Following a stream over WebSocket, SSE or long-poll, with the same resume rules.
+
+The follower keeps one cursor (``after``): it passes it on every reconnect, drops any
+event with ``seq <= after`` and stops after the terminal event, so a caller sees every
+event exactly once, in order, whatever the connection does. A ``reset`` (the server
+dropped events by retention) is yielded as ``{"control": "reset", "execution": {...}}``
+and moves the cursor to the document's ``last_seq``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClosedError, websocket_connect
+
+from client.sse import SseParser
+from core.timing import backoff_delay
+
+if TYPE_CHECKING:
+    from client.api import HeraldClient
+
+TERMINAL = frozenset({"complete", "error", "cancelled"})
+FATAL_CLOSE = {4400, 4403, 4404}
+FATAL_STATUS = {400, 403, 404}
+
+
+class StreamEnded(Exception):
+    """The server refused the stream for good (bad cursor, forbidden, unknown id...)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class _Reconnect(Exception):
+    """This connection is over; connect again with the cursor."""
+
+
+class Follower:
+    """One execution's stream for one caller, over one transport."""
+
+    def __init__(
+        self,
+        client: HeraldClient,
+        execution_id: str,
+        *,
+        transport: str = "websocket",
+        after: int = 0,
+        reconnect: bool = True,
+        max_attempts: int | None = None,
+        idle_timeout: float = 40.0,
+        wait: int = 25,
+        limit: int = 500,
+        first_delay: float = 0.2,
+        on_control: Callable[[dict[str, Any]], None] | None = None,
+        token_provider: Callable[[], Awaitable[str]] | None = None,
+    ) -> None:
+        if transport not in ("websocket", "sse", "longpoll"):
+            raise ValueError(f"unknown transport {transport!r}")
+        self.client = client
+        self.execution_id = execution_id
+        self.transport = transport
+        self.after = after
+        self.reconnect = reconnect
+        self.max_attempts = max_attempts
+        self.idle_timeout = idle_timeout
+        self.wait = wait
+        self.limit = limit
+        self.first_delay = first_delay
+        self.on_control = on_control
+        self.token_provider = token_provider
+        self.connections = 0
+        self.done = False
+
+    @property
+    def url(self) -> str:
+        return f"{self.client.base_url}/api/executions/{self.execution_id}/events"
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        failures = 0
+        while not self.done:
+            connect = {"websocket": self._websocket, "sse": self._sse, "longpoll": self._longpoll}[self.transport]
+            try:
+                async for item in connect():
+                    failures = 0
+                    out = self._accept(item)
+                    if out is not None:
+                        yield out
+                    if self.done:
+                        return
+            except _Reconnect:
+                pass
+            except (TimeoutError, OSError, StreamClosedError, WebSocketClosedError):
+                pass
+            except HTTPClientError as exc:
+                if exc.code in FATAL_STATUS:
+                    raise StreamEnded(exc.code, _error_code(exc)) from None
+                if exc.code == 401:
+                    await self._refresh_or_fail(exc.code, _error_code(exc))
+            if self.done:
+                return
+            if not self.reconnect or (self.max_attempts is not None and failures >= self.max_attempts):
+                raise StreamEnded(0, "disconnected")
+            await asyncio.sleep(backoff_delay(failures, first=self.first_delay, cap=5.0))
+            failures += 1
+
+    def _accept(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply the cursor rules to one message; return what the caller should see."""
+        if "control" in item:
+            if item["control"] == "reset":
+                execution = item["execution"]
+                self.after = max(self.after, execution["last_seq"])
+                if execution["status"] in ("succeeded", "failed", "cancelled"):
+                    self.done = True
+                return item
+            if self.on_control is not None:
+                self.on_control(item)
+            return None
+        seq = item["seq"]
+        if seq <= self.after:
+            return None  # already seen (a replay overlapping a live delivery)
+        self.after = seq
+        if item["event"] in TERMINAL:
+            self.done = True
+        return item
+
+    async def _refresh_or_fail(self, code: int, reason: str) -> None:
+        if self.token_provider is None:
+            raise StreamEnded(code, reason)
+        self.client.token = await self.token_provider()
+
+    # --- transports ------------------------------------------------------------------
+    async def _websocket(self) -> AsyncIterator[dict[str, Any]]:
+        url = self.url.replace("http", "ws", 1) + f"?after={self.after}"
+        request = HTTPRequest(url, headers=self.client.headers(), connect_timeout=10, request_timeout=10)
+        conn = await websocket_connect(request, subprotocols=["herald.v1"])
+        self.connections += 1
+        try:
+            while True:
+                message = await asyncio.wait_for(conn.read_message(), self.idle_timeout)
+                if message is None:
+                    break
+                yield json.loads(message)
+        finally:
+            conn.close()
+        code, reason = conn.close_code, conn.close_reason or ""
+        if code == 4401:
+            await self._refresh_or_fail(code, reason)
+            raise _Reconnect
+        if code in FATAL_CLOSE:
+            raise StreamEnded(code, reason)
+        raise _Reconnect
+
+    async def _sse(self) -> AsyncIterator[dict[str, Any]]:
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        status: list[int] = []
+        error_body: list[bytes] = []
+
+        def on_header(line: str) -> None:
+            if line.startswith("HTTP/"):
+                status.append(int(line.split()[1]))
+
+        def on_chunk(chunk: bytes) -> None:
+            if status and status[-1] != 200:
+                error_body.append(chunk)
+            else:
+                queue.put_nowait(chunk)
+
+        url = self.url + "?" + urlencode({"after": self.after})
+        headers = self.client.headers({"Accept": "text/event-stream", "Last-Event-ID": str(self.after)})
+        request = HTTPRequest(
+            url,
+            headers=headers,
+            header_callback=on_header,
+            streaming_callback=on_chunk,
+            connect_timeout=10,
+            request_timeout=24 * 3600,
+        )
+        fetch = asyncio.ensure_future(self.client.http.fetch(request, raise_error=False))
+        fetch.add_done_callback(lambda _: queue.put_nowait(None))
+        parser = SseParser()
+        self.connections += 1
+        try:
+            while True:
+                chunk = await asyncio.wait_for(queue.get(), self.idle_timeout)
+                if chunk is None:
+                    break
+                for message in parser.feed(chunk):
+                    item = json.loads(message.data)
+                    if message.event == "control" and item.get("control") == "error":
+                        if item.get("code") == "token_expired":
+                            await self._refresh_or_fail(401, "token_expired")
+                            raise _Reconnect
+                    yield item
+        finally:
+            if not fetch.done():
+                fetch.cancel()
+        response = fetch.result() if fetch.done() and not fetch.cancelled() else None
+        code = response.code if response is not None else 599
+        if code != 200:
+            body = b"".join(error_body)
+            exc = HTTPClientError(code, response=response)
+            if response is not None:
+                response._body = body  # so _error_code can read it
+            raise exc
+        raise _Reconnect
+
+    async def _longpoll(self) -> AsyncIterator[dict[str, Any]]:
+        self.connections += 1
+        while True:
+            query = urlencode({"after": self.after, "wait": self.wait, "limit": self.limit})
+            request = HTTPRequest(
+                f"{self.url}?{query}", headers=self.client.headers(), connect_timeout=10, request_timeout=self.wait + 15
+            )
+            response = await self.client.http.fetch(request)
+            page = json.loads(response.body)
+            if page.get("reset"):
+                yield {"control": "reset", "execution": page["reset"]}
+            for event in page["events"]:
+                yield event
+            if page["done"]:
+                self.done = True
+                return
+
+
+def _error_code(exc: HTTPClientError) -> str:
+    try:
+        return json.loads(exc.response.body)["error"]["code"]  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - any unparsable body
+        return exc.message or "error"
