@@ -149,6 +149,13 @@ class Subscription:
         self._pending.extend(batch)
         self._task = asyncio.ensure_future(self._recover())
 
+    def resync(self) -> None:
+        """Re-read the store from the cursor (the broker may have lost messages)."""
+        if self._closed or self._catching:
+            return
+        self._catching = True
+        self._task = asyncio.ensure_future(self._recover())
+
     async def _recover(self) -> None:
         try:
             await self._catch_up()
@@ -303,6 +310,8 @@ class Core:
     # --- life cycle -------------------------------------------------------------
     async def start(self) -> None:
         await self.store.start()
+        if hasattr(self.broker, "on_resync"):
+            self.broker.on_resync = self.resync
         await self.broker.start()
         self._timer_task = asyncio.ensure_future(self._tick_forever())
         self._prune_task = asyncio.ensure_future(self._prune_forever())
@@ -472,6 +481,12 @@ class Core:
             del self._hubs[hub.execution_id]
             hub.cancel()
             self.broker.unsubscribe(hub.execution_id)
+
+    def resync(self) -> None:
+        """Every subscription re-reads the store: called after a broker outage."""
+        for hub in list(self._hubs.values()):
+            for sub in tuple(hub.subs):
+                sub.resync()
 
     # --- connections, heartbeats, expiry ---------------------------------------------
     def admit(self, connection: Connection) -> bool:

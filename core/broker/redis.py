@@ -1,0 +1,125 @@
+"""Redis broker: carries stored events between Herald processes (``--redis-url``).
+
+Each execution is a Redis channel ``herald:ex:<id>``; a process subscribes to the
+channels its own subscribers follow. A message is the JSON list of the events'
+stored fields. Redis Pub/Sub is at-most-once: after a reconnection, messages sent
+meanwhile are gone, so the broker tells the Core to ``resync`` — every subscription
+re-reads the store from its cursor, and nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core.broker.base import Listener
+from core.model import Event
+
+log = logging.getLogger("herald.redis")
+PREFIX = "herald:ex:"
+
+
+def encode_events(events: list[Event]) -> str:
+    return json.dumps(
+        [[e.execution_id, e.seq, e.event, e.data, e.timestamp, e.key] for e in events], separators=(",", ":")
+    )
+
+
+def decode_events(payload: bytes | str) -> list[Event]:
+    return [Event(ex, seq, name, data, ts, key) for ex, seq, name, data, ts, key in json.loads(payload)]
+
+
+class RedisBroker:
+    """Broker protocol over Redis Pub/Sub, with resubscription after outages."""
+
+    def __init__(self, url: str, *, reconnect_delay: float = 0.5) -> None:
+        self.url = url
+        self.reconnect_delay = reconnect_delay
+        self._listeners: dict[str, Listener] = {}
+        self._client: aioredis.Redis | None = None
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._reader: asyncio.Task | None = None
+        self._pending_ops: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._ops_task: asyncio.Task | None = None
+        self.on_resync: Callable[[], None] | None = None
+
+    async def start(self) -> None:
+        self._client = aioredis.from_url(self.url, socket_connect_timeout=2, socket_timeout=None)
+        self._reader = asyncio.ensure_future(self._read_forever())
+        self._ops_task = asyncio.ensure_future(self._apply_ops())
+
+    async def close(self) -> None:
+        for task in (self._reader, self._ops_task):
+            if task is not None:
+                task.cancel()
+        if self._pubsub is not None:
+            try:
+                await self._pubsub.aclose()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def ping(self) -> None:
+        assert self._client is not None
+        await self._client.ping()
+
+    def subscribe(self, channel: str, listener: Listener) -> None:
+        self._listeners[channel] = listener
+        self._pending_ops.put_nowait(("subscribe", channel))
+
+    def unsubscribe(self, channel: str) -> None:
+        if self._listeners.pop(channel, None) is not None:
+            self._pending_ops.put_nowait(("unsubscribe", channel))
+
+    async def publish(self, channel: str, events: list[Event]) -> None:
+        assert self._client is not None
+        await self._client.publish(PREFIX + channel, encode_events(events))
+
+    async def _apply_ops(self) -> None:
+        """Subscribe/unsubscribe in order, off the caller's path (subscribe is sync)."""
+        while True:
+            op, channel = await self._pending_ops.get()
+            pubsub = self._pubsub
+            if pubsub is None:
+                continue  # the reader subscribes everything when it connects
+            try:
+                if op == "subscribe" and channel in self._listeners:
+                    await pubsub.subscribe(PREFIX + channel)
+                elif op == "unsubscribe" and channel not in self._listeners:
+                    await pubsub.unsubscribe(PREFIX + channel)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("redis %s %s failed: %s", op, channel, exc)
+
+    async def _read_forever(self) -> None:
+        first = True
+        while True:
+            try:
+                assert self._client is not None
+                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                # A placeholder channel keeps the connection in subscribed mode.
+                await self._pubsub.subscribe(PREFIX + "_", *(PREFIX + c for c in self._listeners))
+                if not first and self.on_resync is not None:
+                    self.on_resync()
+                first = False
+                async for message in self._pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    channel = message["channel"]
+                    channel = channel.decode() if isinstance(channel, bytes) else channel
+                    listener = self._listeners.get(channel[len(PREFIX) :])
+                    if listener is not None:
+                        listener(decode_events(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any outage: reconnect
+                log.warning("redis subscription lost (%s); reconnecting", exc)
+                self._pubsub = None
+                first = False
+                await asyncio.sleep(self.reconnect_delay)
