@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from tornado.httputil import HTTPServerRequest
 from tornado.routing import Rule
 
 from core.auth import may_read
@@ -18,7 +19,7 @@ from core.codec import Encoded, page_json
 from core.errors import ErrorCode, HeraldError, forbidden
 from core.model import Execution
 from core.stream import Core
-from transports.base import STREAM_PATH, HeraldRequestHandler, RequestMatches
+from transports.base import STREAM_PATH, HeraldRequestHandler, RequestMatches, wants_event_stream, wants_websocket
 
 NAME = "longpoll"
 MAX_WAIT = 60
@@ -108,4 +109,10 @@ class LongPollTransport(HeraldRequestHandler):
 
 
 def rule(core: Core) -> Rule:
-    return Rule(RequestMatches(STREAM_PATH, lambda request: request.method == "GET"), LongPollTransport, {"core": core})
+    return Rule(RequestMatches(STREAM_PATH, wants_page), LongPollTransport, {"core": core})
+
+
+def wants_page(request: HTTPServerRequest) -> bool:
+    """Any GET that asks for neither a WebSocket nor an event stream: those, when their
+    transport is turned off, fall through to an error instead of a JSON page."""
+    return request.method == "GET" and not wants_websocket(request) and not wants_event_stream(request)
