@@ -121,7 +121,12 @@ def build_store(settings: Settings) -> Store:
     if settings.mongo_uri:
         from core.store.mongo import MongoStore
 
-        return MongoStore(settings.mongo_uri.value, settings.mongo_database, settings.mongo_write_concern)
+        return MongoStore(
+            settings.mongo_uri.value,
+            settings.mongo_database,
+            settings.mongo_write_concern,
+            retention=settings.retention,
+        )
     from core.store.memory import MemoryStore
 
     return MemoryStore()
