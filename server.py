@@ -27,6 +27,7 @@ from core.broker.base import Broker
 from core.settings import Secret, Settings
 from core.store.base import Store
 from core.stream import Core
+from handlers import demo, feed
 from handlers.executions import CancelHandler, EventsHandler, ExecutionHandler, ExecutionsHandler, TicketsHandler
 from handlers.ops import HealthHandler, MetricsHandler, NegotiateHandler, ReadyHandler
 from handlers.pages import PageHandler
@@ -180,6 +181,8 @@ def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web
     """The Tornado application: API routes, one stream URL with a rule per transport."""
     c = {"core": core}
     handlers: list[Any] = [
+        *feed.routes(core),  # before /api/executions/ID, which "feed" would match
+        *demo.routes(core),
         (r"/api/negotiate", NegotiateHandler, c),
         (r"/healthz", HealthHandler, c),
         (r"/readyz", ReadyHandler, c),
@@ -243,15 +246,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     await stop.wait()
     log.info("shutting down")
     server.stop()
-    from core.closecodes import CloseCode
-
     for connection in list(core.connections):
-        close = getattr(connection, "close", None)
-        if callable(close) and connection.transport == "websocket":
-            close(CloseCode.GOING_AWAY, "server_shutdown")
-        else:
-            connection.expire()
-    await asyncio.sleep(0.1)
+        connection.going_away()
+    await asyncio.sleep(0.2)
     await core.stop()
 
 

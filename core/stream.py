@@ -283,6 +283,9 @@ class Connection(Protocol):
     def expire(self) -> None:
         """The token expired: end the stream with ``token_expired``."""
 
+    def going_away(self) -> None:
+        """The server is shutting down: end the stream so the client resumes elsewhere."""
+
 
 class Core:
     """The domain service behind every handler and transport."""

@@ -101,6 +101,9 @@ class LongPollTransport(HeraldRequestHandler):
     def heartbeat(self, now: float) -> None:
         return None  # a held poll is bounded by ``wait``; that is its heartbeat
 
+    def going_away(self) -> None:
+        self._answer()  # answer what we have; the client polls again elsewhere
+
     def expire(self) -> None:
         self._answer()
 

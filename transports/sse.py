@@ -108,6 +108,9 @@ class SseTransport(HeraldRequestHandler):
     def heartbeat(self, now: float) -> None:
         self._write(sse_control(control("ping")))
 
+    def going_away(self) -> None:
+        self._end()  # the client reconnects with Last-Event-ID
+
     def expire(self) -> None:
         self._write(sse_control(control("error", code="token_expired", message="the token has expired")))
         self._end()

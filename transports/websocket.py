@@ -115,6 +115,9 @@ class WebSocketTransport(tornado.websocket.WebSocketHandler):
         except tornado.websocket.WebSocketClosedError:
             pass
 
+    def going_away(self) -> None:
+        self.close(CloseCode.GOING_AWAY, "server_shutdown")
+
     def expire(self) -> None:
         self._send_control(control("error", code="token_expired", message="the token has expired"))
         self.close(CloseCode.UNAUTHORIZED, "token_expired")
