@@ -27,7 +27,7 @@ from core.broker.base import Broker
 from core.settings import Secret, Settings
 from core.store.base import Store
 from core.stream import Core
-from handlers import demo, feed
+from handlers import demo, feed, workers
 from handlers.executions import CancelHandler, EventsHandler, ExecutionHandler, ExecutionsHandler, TicketsHandler
 from handlers.ops import HealthHandler, MetricsHandler, NegotiateHandler, ReadyHandler
 from handlers.pages import PageHandler
@@ -183,6 +183,7 @@ def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web
     handlers: list[Any] = [
         *feed.routes(core),  # before /api/executions/ID, which "feed" would match
         *demo.routes(core),
+        *workers.routes(core),
         (r"/api/negotiate", NegotiateHandler, c),
         (r"/healthz", HealthHandler, c),
         (r"/readyz", ReadyHandler, c),

@@ -60,3 +60,22 @@ class Store(Protocol):
     async def prune(self, older_than: float) -> int:
         """Drop events published before ``older_than`` (epoch seconds); return how many.
         (MongoDB does it with a TTL index and may return 0.)"""
+
+    # --- worker dispatch (core/dispatch.py) -----------------------------------------
+    async def claim_pending(self, queue: str, worker: str, now: float) -> Execution | None:
+        """Atomically take the oldest ``pending`` execution of ``queue`` that no worker
+        holds: set ``worker``, add one to ``attempts`` and restart its timeout clock
+        (``last_event_at = now``). None when there is none. Two Herald processes
+        sharing the backend never receive the same execution."""
+
+    async def release(self, execution_id: str, worker: str) -> bool:
+        """Clear ``worker`` if ``worker`` still holds the execution (a lost worker's
+        ``status: pending`` event is appended first, so no one can claim it in
+        between). Returns whether it was released."""
+
+    async def pending_counts(self) -> dict[str, int]:
+        """Per queue, how many executions wait (``pending``, held by no worker)."""
+
+    async def stale_executions(self, older_than: float, limit: int = 100) -> list[Execution]:
+        """Queued executions that are held by a worker or ``running``, not terminal, and
+        have had no event (nor claim) since ``older_than``: candidates for ``timeout``."""

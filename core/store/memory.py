@@ -7,6 +7,7 @@ ones: state is lost when the process stops and it cannot be shared between proce
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 from core.errors import not_found
@@ -30,6 +31,12 @@ class MemoryStore:
         self._executions: dict[str, Execution] = {}
         self._order: list[str] = []  # creation order, oldest first
         self._logs: dict[str, _Log] = {}
+        #: Worker dispatch indexes, kept by ``_reindex`` after every change: per queue
+        #: a heap of (created_at, id) of claimable executions (stale entries are
+        #: skipped when popped) and the set of them; and queued executions in hand.
+        self._claimable_heap: dict[str, list[tuple[float, str]]] = {}
+        self._claimable: dict[str, set[str]] = {}
+        self._in_hand: set[str] = set()
 
     async def start(self) -> None:
         return None
@@ -44,6 +51,7 @@ class MemoryStore:
         self._executions[execution.id] = execution.copy()
         self._order.append(execution.id)
         self._logs[execution.id] = _Log()
+        self._reindex(execution)
 
     async def get_execution(self, execution_id: str) -> Execution | None:
         found = self._executions.get(execution_id)
@@ -93,6 +101,7 @@ class MemoryStore:
                 if event.key is not None:
                     log.keys[event.key] = event.seq
             self._executions[execution_id] = plan.execution.copy()
+            self._reindex(plan.execution)
         return plan
 
     async def events_after(self, execution_id: str, after: int, limit: int) -> list[Event]:
@@ -120,3 +129,57 @@ class MemoryStore:
     # events (a worker taking or giving back an execution).
     async def replace_execution(self, execution: Execution) -> None:
         self._executions[execution.id] = execution.copy()
+        self._reindex(execution)
+
+    # --- worker dispatch ----------------------------------------------------------------
+    def _reindex(self, ex: Execution) -> None:
+        """Keep the dispatch indexes in step with one document."""
+        if ex.queue is None:
+            return
+        claimable = self._claimable.setdefault(ex.queue, set())
+        if ex.status is Status.PENDING and ex.worker is None:
+            if ex.id not in claimable:
+                claimable.add(ex.id)
+                heapq.heappush(self._claimable_heap.setdefault(ex.queue, []), (ex.created_at, ex.id))
+        else:
+            claimable.discard(ex.id)
+        if not ex.status.terminal and (ex.worker is not None or ex.status is Status.RUNNING):
+            self._in_hand.add(ex.id)
+        else:
+            self._in_hand.discard(ex.id)
+
+    async def claim_pending(self, queue: str, worker: str, now: float) -> Execution | None:
+        heap = self._claimable_heap.get(queue)
+        claimable = self._claimable.get(queue, set())
+        while heap:
+            _, execution_id = heapq.heappop(heap)
+            if execution_id not in claimable:
+                continue  # a stale entry: claimed, finished or requeued since
+            ex = self._executions[execution_id]
+            ex.worker = worker
+            ex.attempts += 1
+            ex.last_event_at = now
+            self._reindex(ex)
+            return ex.copy()
+        return None
+
+    async def release(self, execution_id: str, worker: str) -> bool:
+        ex = self._executions.get(execution_id)
+        if ex is None or ex.worker != worker:
+            return False
+        ex.worker = None
+        self._reindex(ex)
+        return True
+
+    async def pending_counts(self) -> dict[str, int]:
+        return {queue: len(ids) for queue, ids in self._claimable.items() if ids}
+
+    async def stale_executions(self, older_than: float, limit: int = 100) -> list[Execution]:
+        found: list[Execution] = []
+        for execution_id in self._in_hand:
+            ex = self._executions[execution_id]
+            if (ex.last_event_at or ex.created_at) < older_than:
+                found.append(ex.copy())
+                if len(found) >= limit:
+                    break
+        return found

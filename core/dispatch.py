@@ -1,0 +1,339 @@
+"""Worker dispatch: who runs which queued execution, and what happens when they stop.
+
+Workers connect out to serve a queue (PROTOCOL.md section 6). The ``Dispatcher`` keeps
+this process's workers per queue and hands each pending execution to one of them:
+
+- **Claims are the store's.** An execution is taken with ``store.claim_pending``, an
+  atomic compare-and-set, so several Herald processes sharing one MongoDB never hand
+  it out twice. This class only decides *which local worker* asks next: the one with
+  the fewest executions in hand, then the one that waited longest.
+- **Lost workers give executions back.** When a worker's connection ends, each
+  execution it held goes back to ``pending`` — a server ``status`` event, then the
+  store clears the worker — unless it was already handed out ``max_attempts`` times:
+  then it fails with ``error_type: "worker_lost"``.
+- **Silence fails.** A queued execution held by a worker (or running) with no event
+  for ``execution_timeout`` seconds fails with ``error_type: "timeout"``.
+- **Ends reach the worker.** A terminal event the worker did not send itself (a
+  cancel, a timeout, an operator's ``error``) is passed on as ``{"op": "cancel"}``.
+
+It learns of new executions and terminal events through ``Core.observers``, and sweeps
+every second for what another process created or failed to announce. It never touches
+sockets: a worker is a ``WorkerLink`` (the WebSocket handler), or a one-shot
+``ClaimWaiter`` for ``POST /api/workers/claim``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Protocol
+
+from core.errors import ErrorCode, HeraldError
+from core.model import TERMINAL_EVENTS, Event, Execution, PublishItem, Status, rfc3339
+from core.stream import Core
+
+log = logging.getLogger("herald.dispatch")
+
+#: How often the dispatcher looks for stale executions and work other processes queued.
+SWEEP_SECONDS = 1.0
+
+
+class WorkerLink(Protocol):
+    """A connected worker as the dispatcher sees it (the WebSocket handler)."""
+
+    queue: str
+    name: str
+    since: float
+    capacity: int
+    #: Executions in hand, and those among them the worker itself just ended.
+    held: set[str]
+    finishing: set[str]
+    last_assigned: float
+
+    def execute(self, execution: Execution) -> bool:
+        """Send ``{"op": "execute"}``; False when the connection is already gone."""
+
+    def cancel(self, execution_id: str, reason: str) -> None:
+        """Send ``{"op": "cancel", "execution_id", "reason"}``."""
+
+
+class ClaimWaiter:
+    """A ``POST /api/workers/claim`` waiting for an execution (long-poll)."""
+
+    def __init__(self, queue: str, name: str) -> None:
+        self.queue = queue
+        self.name = name
+        self.since = time.time()
+        self.future: asyncio.Future[Execution] = asyncio.get_running_loop().create_future()
+
+
+class Dispatcher:
+    """Hands queued executions to workers; requeues, times out and cancels them."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.settings = core.settings
+        self._links: dict[str, dict[str, WorkerLink]] = {}
+        self._waiters: dict[str, list[ClaimWaiter]] = {}
+        #: Execution id → the local worker link holding it.
+        self._holders: dict[str, WorkerLink] = {}
+        #: Executions handed out over HTTP claim: id → (queue, worker name).
+        self._claimed: dict[str, tuple[str, str]] = {}
+        self._pumping: set[str] = set()
+        self._again: set[str] = set()
+        self._sweeper: asyncio.Task | None = None
+        core.observers.append(self.observe)
+
+    # --- workers ------------------------------------------------------------------------
+    def connect(self, link: WorkerLink) -> None:
+        """Register a worker; 409 (close code 4409) if its name is taken on the queue."""
+        workers = self._links.setdefault(link.queue, {})
+        if link.name in workers:
+            raise HeraldError(
+                ErrorCode.CONFLICT,
+                409,
+                f"a worker named {link.name!r} already serves queue {link.queue!r}",
+                {"queue": link.queue, "name": link.name},
+            )
+        workers[link.name] = link
+        self._ensure_sweeper()
+        self.wake(link.queue)
+
+    async def disconnect(self, link: WorkerLink) -> None:
+        """The worker's connection ended: give back everything it held."""
+        workers = self._links.get(link.queue, {})
+        if workers.get(link.name) is link:
+            del workers[link.name]
+            if not workers:
+                self._links.pop(link.queue, None)
+        for execution_id in sorted(link.held):
+            await self.give_back(link, execution_id)
+
+    def set_capacity(self, link: WorkerLink, capacity: int) -> None:
+        link.capacity = capacity
+        self.wake(link.queue)
+
+    def forget(self, link: WorkerLink, execution_id: str) -> None:
+        """The worker no longer holds ``execution_id`` (it ended elsewhere)."""
+        link.held.discard(execution_id)
+        link.finishing.discard(execution_id)
+        if self._holders.get(execution_id) is link:
+            del self._holders[execution_id]
+        self.wake(link.queue)
+
+    async def give_back(self, link: WorkerLink, execution_id: str) -> None:
+        """Requeue an execution a lost worker held, or fail it after ``max_attempts``."""
+        self.forget(link, execution_id)
+        try:
+            doc = await self.core.store.get_execution(execution_id)
+            if doc is None or doc.status.terminal or doc.worker != link.name:
+                return
+            if doc.attempts >= self.settings.max_attempts:
+                await self._fail(
+                    execution_id,
+                    "worker_lost",
+                    f"the worker was lost {doc.attempts} times (max_attempts={self.settings.max_attempts})",
+                    {"worker": link.name, "attempts": doc.attempts},
+                )
+                return
+            if doc.status is Status.RUNNING:
+                # The status event first, while the worker still holds it: no one can
+                # claim it before subscribers learn it went back to pending.
+                await self.core.publish(execution_id, [PublishItem("status", {"status": Status.PENDING.value})])
+            await self.core.store.release(execution_id, link.name)
+        except HeraldError as exc:
+            if exc.code is not ErrorCode.STREAM_CLOSED:
+                log.warning("giving back %s failed: %s", execution_id, exc.message)
+            return
+        except Exception:
+            log.exception("giving back %s failed", execution_id)
+            return
+        self.wake(link.queue)
+
+    # --- HTTP claim ---------------------------------------------------------------------
+    async def claim(self, queue: str, name: str, wait: float) -> Execution | None:
+        """One execution of ``queue`` for an HTTP worker, waiting up to ``wait`` seconds."""
+        self._ensure_sweeper()
+        execution = await self.core.store.claim_pending(queue, name, time.time())
+        if execution is None and wait > 0:
+            waiter = ClaimWaiter(queue, name)
+            self._waiters.setdefault(queue, []).append(waiter)
+            self.wake(queue)
+            try:
+                execution = await asyncio.wait_for(waiter.future, wait)
+            except TimeoutError:
+                execution = None
+            finally:
+                waiters = self._waiters.get(queue, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._waiters.pop(queue, None)
+        if execution is not None:
+            self._claimed[execution.id] = (queue, name)
+        return execution
+
+    async def unclaim(self, execution: Execution, name: str) -> None:
+        """Give back an execution claimed for a caller that went away before the answer."""
+        self._claimed.pop(execution.id, None)
+        if await self.core.store.release(execution.id, name):
+            self.wake(execution.queue or "")
+
+    # --- assignment -----------------------------------------------------------------------
+    def wake(self, queue: str) -> None:
+        """Hand out pending executions of ``queue`` to idle local workers (soon)."""
+        if queue in self._pumping:
+            self._again.add(queue)
+            return
+        if not self._links.get(queue) and not self._waiters.get(queue):
+            return
+        self._pumping.add(queue)
+        asyncio.ensure_future(self._pump(queue))
+
+    async def _pump(self, queue: str) -> None:
+        try:
+            while True:
+                self._again.discard(queue)
+                while (taker := self._idle(queue)) is not None:
+                    name = taker.name
+                    try:
+                        execution = await self.core.store.claim_pending(queue, name, time.time())
+                    except Exception as exc:
+                        log.warning("claiming from queue %s failed: %s", queue, exc)
+                        return
+                    if execution is None:
+                        break
+                    await self._hand(taker, execution)
+                if queue not in self._again:
+                    return
+        finally:
+            self._pumping.discard(queue)
+
+    def _idle(self, queue: str) -> WorkerLink | ClaimWaiter | None:
+        """The next taker: a waiting HTTP claim, else the connected worker with free
+        capacity, fewest executions in hand, longest since its last assignment."""
+        for waiter in self._waiters.get(queue, []):
+            if not waiter.future.done():
+                return waiter
+        free = [link for link in self._links.get(queue, {}).values() if len(link.held) < link.capacity]
+        if not free:
+            return None
+        return min(free, key=lambda link: (len(link.held), link.last_assigned))
+
+    async def _hand(self, taker: WorkerLink | ClaimWaiter, execution: Execution) -> None:
+        if isinstance(taker, ClaimWaiter):
+            if taker.future.done():  # the claim timed out while we were claiming
+                await self.unclaim(execution, taker.name)
+            else:
+                taker.future.set_result(execution)
+            return
+        taker.held.add(execution.id)
+        taker.last_assigned = time.monotonic()
+        self._holders[execution.id] = taker
+        if not taker.execute(execution):
+            await self.give_back(taker, execution.id)
+
+    # --- what the core tells us -----------------------------------------------------------
+    def observe(self, execution: Execution, events: list[Event]) -> None:
+        """``Core.observers`` hook: new queued executions and terminal events."""
+        if execution.queue is None:
+            return
+        if not events:
+            self.wake(execution.queue)
+            return
+        last = events[-1]
+        if last.event not in TERMINAL_EVENTS:
+            return
+        self._claimed.pop(execution.id, None)
+        holder = self._holders.pop(execution.id, None)
+        if holder is None:
+            return
+        holder.held.discard(execution.id)
+        if execution.id in holder.finishing:
+            holder.finishing.discard(execution.id)
+        else:
+            holder.cancel(execution.id, _end_reason(last))
+        self.wake(execution.queue)
+
+    # --- the sweep: timeouts and work queued by other processes ---------------------------
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.ensure_future(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        interval = min(SWEEP_SECONDS, max(0.05, self.settings.execution_timeout / 4))
+        while not self.core.draining:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep(time.time())
+            except Exception as exc:
+                log.warning("dispatch sweep failed: %s", exc)
+
+    async def sweep(self, now: float) -> None:
+        """Fail silent executions with ``timeout``; look for work in every served queue."""
+        cutoff = now - self.settings.execution_timeout
+        for stale in await self.core.store.stale_executions(cutoff):
+            fresh = await self.core.store.get_execution(stale.id)
+            if fresh is None or fresh.status.terminal or (fresh.last_event_at or fresh.created_at) >= cutoff:
+                continue
+            await self._fail(
+                stale.id,
+                "timeout",
+                f"no event for {self.settings.execution_timeout:g} seconds",
+                {"worker": fresh.worker, "execution_timeout": self.settings.execution_timeout},
+            )
+        for queue in list(self._links) + list(self._waiters):
+            self.wake(queue)
+
+    async def _fail(self, execution_id: str, error_type: str, message: str, details: dict[str, Any]) -> None:
+        data = {"error_type": error_type, "message": message, "details": details}
+        try:
+            await self.core.publish(execution_id, [PublishItem("error", data)])
+        except HeraldError as exc:
+            if exc.code is not ErrorCode.STREAM_CLOSED:  # already ended: nothing to fail
+                raise
+
+    # --- the dashboard's view -------------------------------------------------------------
+    async def describe(self) -> list[dict[str, Any]]:
+        """Each queue: pending count, connected workers (this process) and HTTP claims."""
+        counts = await self.core.store.pending_counts()
+        http: dict[str, dict[str, list[str]]] = {}
+        for execution_id, (queue, name) in self._claimed.items():
+            http.setdefault(queue, {}).setdefault(name, []).append(execution_id)
+        names = sorted(set(counts) | set(self._links) | set(self._waiters) | set(http))
+        out = []
+        for queue in names:
+            workers = [
+                {
+                    "name": link.name,
+                    "transport": "websocket",
+                    "since": rfc3339(link.since),
+                    "capacity": link.capacity,
+                    "executions": sorted(link.held),
+                }
+                for link in sorted(self._links.get(queue, {}).values(), key=lambda link: link.since)
+            ]
+            for name, held in sorted(http.get(queue, {}).items()):
+                workers.append(
+                    {"name": name, "transport": "http", "since": None, "capacity": None, "executions": sorted(held)}
+                )
+            out.append(
+                {
+                    "name": queue,
+                    "pending": counts.get(queue, 0),
+                    "workers": workers,
+                    "waiting_claims": len(self._waiters.get(queue, [])),
+                }
+            )
+        return out
+
+
+def _end_reason(event: Event) -> str:
+    """Why an execution ended, as the worker's cancel message says it."""
+    data = event.data if isinstance(event.data, dict) else {}
+    if event.event == "cancelled":
+        return str(data.get("reason") or "cancelled")
+    if event.event == "error":
+        return str(data.get("error_type") or "error")
+    return event.event

@@ -1,0 +1,308 @@
+"""The worker API (PROTOCOL.md section 6): a worker connects out over WebSocket, or
+long-polls over HTTP; and the per-queue view the dashboard renders.
+
+``GET /api/workers/connect?queue=NAME&name=WORKER`` (scope ``workers``). Server to
+worker: ``{"control": "ready", ...}`` first, then ``{"op": "execute", "execution"}``,
+``{"op": "cancel", "execution_id", "reason"}``, ``{"control": "ack", "execution_id",
+"seq"}`` after each batch is durable, ``{"control": "error", ...}`` for a refused event,
+``{"control": "pong"}``. Worker to server: ``{"op": "event", "execution_id", "event",
+"data", "key?"}``, ``{"op": "ready", "capacity"}``, ``{"op": "ping"}``, ``{"op": "auth",
+"token"}``. Authentication is the stream socket's (header or subprotocol), and
+refusals come after the upgrade as an error control frame and a close code.
+
+Events a worker sends in one read-loop turn (Tornado reads every frame already
+buffered before it yields) are gathered and published as one ``Core.publish`` per
+execution: a burst of token frames costs one store append, not one per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import tornado.web
+import tornado.websocket
+
+from core.auth import PROTOCOL_NAME, Principal, Scope, require
+from core.closecodes import CloseCode
+from core.codec import control, dumps
+from core.dispatch import Dispatcher
+from core.errors import ErrorCode, HeraldError, bad_request, forbidden
+from core.model import QUEUE_NAME, TERMINAL_EVENTS, Execution, PublishItem, validate_item
+from core.stream import Core
+from handlers.base import ApiHandler
+from transports.base import HeraldRequestHandler
+
+log = logging.getLogger("herald.workers")
+MAX_CAPACITY = 1000
+MAX_CLAIM_WAIT = 60
+
+
+def _queue_and_name(handler: tornado.web.RequestHandler, default_name: str | None = None) -> tuple[str, str]:
+    queue = handler.get_query_argument("queue", "")
+    name = handler.get_query_argument("name", "") or (default_name or "")
+    if not QUEUE_NAME.match(queue):
+        raise bad_request("queue must be a name of 1..64 letters, digits or _.:-")
+    if not QUEUE_NAME.match(name):
+        raise bad_request("name must be a worker name of 1..64 letters, digits or _.:-")
+    return queue, name
+
+
+class WorkerSocket(tornado.websocket.WebSocketHandler):
+    """One connected worker: a ``WorkerLink`` for the dispatcher, a ``Connection``
+    for the Core's shared heartbeat timer."""
+
+    # Counted with the stream sockets, and closed with 1001 on shutdown like them.
+    transport = "websocket"
+
+    def initialize(self, core: Core, dispatcher: Dispatcher) -> None:
+        self.core = core
+        self.dispatcher = dispatcher
+        self.expires_at = float("inf")
+        self.principal: Principal | None = None
+        self.queue = ""
+        self.name = ""
+        self.since = time.time()
+        self.capacity = 1
+        self.held: set[str] = set()
+        self.finishing: set[str] = set()
+        self.last_assigned = 0.0
+        self._offered: list[str] = []
+        self._last_heard = time.monotonic()
+        self._admitted = False
+        self._connected = False
+        self._outbox: dict[str, list[PublishItem]] = {}
+        self._flushing: asyncio.Task | None = None
+
+    credentials = HeraldRequestHandler.credentials
+    authenticate = HeraldRequestHandler.authenticate
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # workers authenticate with a bearer token, never a cookie
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        self._offered = subprotocols
+        return PROTOCOL_NAME if PROTOCOL_NAME in subprotocols else None
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        return None
+
+    def open(self) -> None:  # type: ignore[override]
+        try:
+            creds = self.credentials(self._offered)
+            if creds is not None and creds.kind == "cookie":
+                raise forbidden("workers authenticate with a bearer token, not a cookie")
+            self.principal = self.authenticate(self._offered)
+            require(self.principal, Scope.WORKERS)
+            self.queue, self.name = _queue_and_name(self)
+            if not self.core.admit(self):
+                raise HeraldError(ErrorCode.TOO_MANY_CONNECTIONS, 429, "too many connections")
+            self._admitted = True
+            self.expires_at = self.principal.exp
+            self.dispatcher.connect(self)
+            self._connected = True
+            self._send(
+                control(
+                    "ready",
+                    transport="worker",
+                    queue=self.queue,
+                    name=self.name,
+                    heartbeat=self.core.settings.heartbeat,
+                )
+            )
+        except HeraldError as exc:
+            self._refuse(exc)
+
+    # --- WorkerLink -----------------------------------------------------------------------
+    def execute(self, execution: Execution) -> bool:
+        return self._send({"op": "execute", "execution": execution.to_public()})
+
+    def cancel(self, execution_id: str, reason: str) -> None:
+        self._send({"op": "cancel", "execution_id": execution_id, "reason": reason})
+
+    # --- Connection (shared timer) --------------------------------------------------------
+    def heartbeat(self, now: float) -> None:
+        if now - self._last_heard > 3 * self.core.settings.heartbeat:
+            self.close(CloseCode.GOING_AWAY, "heartbeat_timeout")
+            return
+        try:
+            self.ping()
+        except tornado.websocket.WebSocketClosedError:
+            pass
+
+    def expire(self) -> None:
+        self._send(control("error", code="token_expired", message="the token has expired"))
+        self.close(CloseCode.UNAUTHORIZED, "token_expired")
+
+    def on_pong(self, data: bytes) -> None:
+        self._last_heard = time.monotonic()
+
+    def on_ping(self, data: bytes) -> None:
+        self._last_heard = time.monotonic()
+
+    # --- worker messages ------------------------------------------------------------------
+    def on_message(self, message: str | bytes) -> None:
+        self._last_heard = time.monotonic()
+        if not self._connected:
+            return
+        try:
+            op = json.loads(message)
+        except ValueError:
+            self._refuse(bad_request("messages must be JSON", ErrorCode.BAD_JSON))
+            return
+        if not isinstance(op, dict) or not isinstance(op.get("op"), str):
+            self._refuse(bad_request("messages must be objects with an 'op'"))
+            return
+        name = op["op"]
+        try:
+            if name == "event":
+                self._take_event(op)
+            elif name == "ready":
+                capacity = op.get("capacity", 1)
+                if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= MAX_CAPACITY:
+                    raise bad_request(f"capacity must be an integer from 1 to {MAX_CAPACITY}")
+                self.dispatcher.set_capacity(self, capacity)
+            elif name == "ping":
+                self._send(control("pong"))
+            elif name == "auth":
+                self._refresh(op.get("token"))
+            else:
+                raise bad_request(f"unknown op '{name}'")
+        except HeraldError as exc:
+            self._report(exc, op.get("execution_id"))
+
+    def _take_event(self, op: dict[str, Any]) -> None:
+        """Validate like ``POST .../events`` and queue it for this turn's publish."""
+        execution_id = op.get("execution_id")
+        if not isinstance(execution_id, str):
+            raise bad_request("an event needs an 'execution_id'")
+        item = validate_item({k: op[k] for k in ("event", "data", "key") if k in op})
+        self.core.check_size([item])
+        if execution_id not in self.held:
+            raise HeraldError(
+                ErrorCode.CONFLICT,
+                409,
+                "this worker does not hold that execution",
+                {"execution_id": execution_id},
+            )
+        if item.event in TERMINAL_EVENTS:
+            self.finishing.add(execution_id)
+        self._outbox.setdefault(execution_id, []).append(item)
+        if self._flushing is None:
+            self._flushing = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        """Publish what the read loop gathered, one publish per execution, until empty."""
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, {}
+                await asyncio.gather(*(self._publish(eid, items) for eid, items in batch.items()))
+        finally:
+            self._flushing = None
+
+    async def _publish(self, execution_id: str, items: list[PublishItem]) -> None:
+        try:
+            seqs = await self.core.publish(execution_id, items)
+        except HeraldError as exc:
+            self.finishing.discard(execution_id)
+            self._report(exc, execution_id)
+            if exc.code in (ErrorCode.STREAM_CLOSED, ErrorCode.NOT_FOUND) and execution_id in self.held:
+                self.dispatcher.forget(self, execution_id)
+                self.cancel(execution_id, "stream_closed")
+            return
+        except Exception:
+            log.exception("publishing a worker's events failed")
+            self._report(HeraldError(ErrorCode.INTERNAL, 500, "internal error"), execution_id)
+            return
+        self._send(control("ack", execution_id=execution_id, seq=seqs[-1]))
+
+    def _refresh(self, token: Any) -> None:
+        if not isinstance(token, str) or not token:
+            raise bad_request("auth needs a 'token'")
+        fresh = self.core.auth.decode(token)
+        if self.principal is None or fresh.sub != self.principal.sub:
+            raise forbidden("a refreshed token must have the same sub")
+        require(fresh, Scope.WORKERS)
+        self.principal = fresh
+        self.expires_at = fresh.exp
+        self._send(control("auth_ok", exp=int(fresh.exp)))
+
+    # --- sending and closing --------------------------------------------------------------
+    def _send(self, message: dict[str, Any]) -> bool:
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return False
+        try:
+            self.write_message(dumps(message))
+        except tornado.websocket.WebSocketClosedError:
+            return False
+        return True
+
+    def _report(self, exc: HeraldError, execution_id: Any = None) -> None:
+        """A refused message: say so, keep the connection."""
+        extra = {"execution_id": execution_id} if isinstance(execution_id, str) else {}
+        self._send(control("error", code=exc.code.value, message=exc.message, **extra))
+
+    def _refuse(self, exc: HeraldError) -> None:
+        reason = "token_expired" if exc.code is ErrorCode.TOKEN_EXPIRED else exc.code.value
+        self._send(control("error", code=exc.code.value, message=exc.message))
+        self.close(CloseCode.for_status(exc.status), reason)
+
+    def on_close(self) -> None:
+        if self._admitted:
+            self.core.release(self)
+            self._admitted = False
+        if self._connected:
+            self._connected = False
+            asyncio.ensure_future(self._gone())
+
+    async def _gone(self) -> None:
+        """Publish what the worker sent before it went, then give back what it held."""
+        flushing = self._flushing
+        if flushing is not None:
+            await asyncio.gather(flushing, return_exceptions=True)
+        await self.dispatcher.disconnect(self)
+
+
+class ClaimHandler(ApiHandler):
+    """``POST /api/workers/claim?queue=NAME&wait=N[&name=WORKER]``: one execution for a
+    worker without WebSocket, or ``{"execution": null}`` after ``wait`` seconds. The
+    worker then publishes with the ordinary ``POST .../events`` call."""
+
+    def initialize(self, core: Core, dispatcher: Dispatcher) -> None:  # type: ignore[override]
+        super().initialize(core)
+        self.dispatcher = dispatcher
+
+    async def post(self) -> None:
+        require(self.principal, Scope.WORKERS)
+        queue, name = _queue_and_name(self, default_name=self.principal.sub)
+        wait = self.int_argument("wait", 0, 0, MAX_CLAIM_WAIT)
+        execution = await self.dispatcher.claim(queue, name, wait)
+        if execution is not None and self.request.connection.stream.closed():  # type: ignore[attr-defined]
+            await self.dispatcher.unclaim(execution, name)
+            return
+        self.answer(200, {"execution": execution.to_public() if execution is not None else None})
+
+
+class QueuesHandler(ApiHandler):
+    """``GET /api/queues``: each queue's pending count and workers (docs/workers.md)."""
+
+    def initialize(self, core: Core, dispatcher: Dispatcher) -> None:  # type: ignore[override]
+        super().initialize(core)
+        self.dispatcher = dispatcher
+
+    async def get(self) -> None:
+        self.answer(200, {"queues": await self.dispatcher.describe()})
+
+
+def routes(core: Core) -> list[Any]:
+    """The worker routes, for ``server.make_app``; one Dispatcher per Core."""
+    dispatcher = Dispatcher(core)
+    deps = {"core": core, "dispatcher": dispatcher}
+    return [
+        (r"/api/workers/connect", WorkerSocket, deps),
+        (r"/api/workers/claim", ClaimHandler, deps),
+        (r"/api/queues", QueuesHandler, deps),
+    ]
