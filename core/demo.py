@@ -1,0 +1,87 @@
+"""The demo simulator: a built-in producer so a new user sees Herald work at once.
+
+It plays a scripted LLM-style execution (stages with progress, an answer streamed
+token by token, a partial result, then ``complete``) over about 20 seconds, divided by
+``speed``. It publishes through ``Core.publish`` like any other producer, so every
+transport, the dashboard feed and the store see ordinary events. It is
+self-contained: a remote worker (issue 5) may serve demo executions instead later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from core.errors import HeraldError
+from core.model import Execution, PublishItem
+
+log = logging.getLogger("herald.demo")
+
+KIND = "chat"
+PROMPT = "Why is my checkout service slow since this morning's deploy?"
+ANSWER = (
+    "The deploy at 09:12 added a synchronous call to the pricing service inside the "
+    "checkout request. Pricing answers in 480 ms at the 95th percentile, so checkout "
+    "latency rose from 210 ms to 690 ms. Make the call asynchronous or cache prices "
+    "for 60 seconds; both bring latency back under 250 ms."
+)
+STAGES = [
+    (5, "queued", "Waiting for a model slot..."),
+    (15, "ai_fetching", "Fetching traces and deploy history..."),
+    (30, "analysing", "Comparing latency before and after the deploy..."),
+    (45, "writing", "Writing the diagnosis..."),
+]
+#: Seconds the whole script takes at speed 1.
+DURATION = 20.0
+
+
+def script() -> list[tuple[float, PublishItem]]:
+    """The demo as (delay before, event) pairs; the delays add up to ``DURATION``."""
+    steps: list[tuple[float, PublishItem]] = []
+    for progress, stage, text in STAGES:
+        steps.append((1.5, PublishItem("progress", {"progress": progress, "stage": stage, "status_text": text})))
+        steps.append((0.5, PublishItem("log", {"level": "info", "message": text})))
+    words = ANSWER.split(" ")
+    token_time = DURATION - sum(d for d, _ in steps) - 2.0
+    for i, word in enumerate(words):
+        steps.append((token_time / len(words), PublishItem("token", {"text": word if i == 0 else " " + word})))
+        if i % 12 == 11:
+            progress = 45 + int(50 * (i + 1) / len(words))
+            steps.append((0.0, PublishItem("progress", {"progress": progress, "stage": "writing"})))
+    steps.append((1.0, PublishItem("result", {"partial": True, "summary": "Synchronous pricing call in checkout"})))
+    result = {"answer": ANSWER, "root_cause": "synchronous pricing call", "confidence": 0.87}
+    steps.append((1.0, PublishItem("complete", {"result": result})))
+    return steps
+
+
+class DemoSimulator:
+    """Starts demo executions and plays their script; keeps its tasks so they can be
+    stopped with the server."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self, owner: str, speed: float = 1.0) -> Execution:
+        """Create a demo execution owned by ``owner`` and start playing it."""
+        execution = await self.core.create_execution(owner, KIND, {"prompt": PROMPT, "demo": True}, None)
+        task = asyncio.ensure_future(self.play(execution.id, max(0.1, min(100.0, speed))))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return execution
+
+    async def play(self, execution_id: str, speed: float) -> None:
+        """Publish the script; each event is keyed so a retried publish stores nothing twice."""
+        try:
+            for i, (delay, item) in enumerate(script()):
+                if delay:
+                    await asyncio.sleep(delay / speed)
+                keyed = PublishItem(item.event, item.data, f"demo-{i}")
+                await self.core.publish(execution_id, [keyed])
+        except HeraldError as exc:  # cancelled by the user (409) or the store is gone
+            log.info("demo %s stopped: %s", execution_id, exc.message)
+
+    def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()

@@ -1,0 +1,546 @@
+// Herald browser client: follows an execution's event stream (or the dashboard feed)
+// over whichever transport the network allows, and never loses or repeats an event.
+//
+// Plain ES module, no build step. Wire contract: PROTOCOL.md sections 2, 3 and 5;
+// feed format: docs/protocol-feed.md.
+//
+//   import { Herald } from "/static/herald.js";
+//   const handle = Herald.follow(id, { token, onEvent, onState, onTokenExpired });
+//   handle.close(); handle.transport; handle.cursor;
+//
+// How it stays correct: one cursor (the last seq delivered) is passed on every
+// (re)connect and transport switch, and any event with seq <= cursor is dropped.
+// How it copes with hostile networks: it walks the server's /api/negotiate list,
+// skipping what the browser lacks, and moves on when a transport does not deliver its
+// `ready` (WebSocket, SSE) or a response (long-poll) within `connectTimeout`: a proxy
+// that refuses upgrades, a WebSocket that connects but never delivers, or a proxy that
+// buffers the SSE response all end in that timeout. A transport that once delivered
+// is kept for the page's life; drops are retried with exponential backoff and full
+// jitter. A connection silent for more than two heartbeats is taken for dead.
+// Tokens never go into URLs: the JWT rides in the WebSocket subprotocol list, SSE and
+// long-poll use single-use tickets from POST /api/tickets.
+
+const TERMINAL_EVENTS = new Set(["complete", "error", "cancelled"]);
+const TERMINAL_STATUSES = new Set(["succeeded", "failed", "cancelled"]);
+const FATAL_CLOSE_CODES = new Set([4400, 4403, 4404]);
+const FATAL_ERROR_CODES = new Set(["forbidden", "not_found", "cursor_out_of_range", "bad_request", "bad_json"]);
+
+const DEFAULTS = {
+  baseUrl: "",
+  transports: null, // force: ["sse"] or "sse"; default: the server's list
+  after: 0,
+  connectTimeout: 5000, // ms to get `ready` / a first response before falling back
+  backoffFirst: 1000, // ms, exponential backoff with full jitter
+  backoffCap: 30000,
+  healthyAfter: 10000, // ms open before the backoff resets
+  refreshBefore: 30, // s before `exp` to refresh a WebSocket's token in band
+  longpollWait: null, // s; default: the server's advertised longpoll_wait
+};
+
+/** Exponential backoff with full jitter: uniform in [0, min(cap, first * 2^attempt)]. */
+export function backoffDelay(attempt, first = 1000, cap = 30000, random = Math.random) {
+  return random() * Math.min(cap, first * 2 ** Math.max(0, attempt));
+}
+
+/** The `exp` claim (unix seconds) of a JWT, or null; the signature is the server's business. */
+export function tokenExp(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+    return typeof claims.exp === "number" ? claims.exp : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Which transports this browser can run at all. */
+export function browserSupports(name) {
+  if (name === "websocket") return typeof WebSocket === "function";
+  if (name === "sse") {
+    // Read with fetch so every event name is seen (EventSource only dispatches names
+    // that have a listener); needs a streaming response body.
+    return typeof fetch === "function" && typeof ReadableStream === "function" && typeof TextDecoder === "function";
+  }
+  if (name === "longpoll") return typeof fetch === "function";
+  return false;
+}
+
+class Problem extends Error {
+  /** Why a connection ended: kind is "retry", "timeout", "expired" or "fatal". */
+  constructor(kind, detail) {
+    super(detail);
+    this.kind = kind;
+  }
+}
+
+function problemFromHttp(status, body) {
+  const code = body && body.error && body.error.code;
+  const message = (body && body.error && body.error.message) || `HTTP ${status}`;
+  if (status === 401) return new Problem("expired", code || "unauthorized");
+  if (status === 400 || status === 403 || status === 404) return new Problem("fatal", `${code || status}: ${message}`);
+  return new Problem("retry", `HTTP ${status}`);
+}
+
+// --- transports: each opens one connection and reports through `link` --------------
+
+function openWebSocket(link) {
+  const url = new URL(link.url(), location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(url.href, ["herald.v1", "herald.bearer." + link.token()]);
+  let pinger = null;
+  socket.onopen = () => {
+    // Browsers cannot send ping frames: an application ping gets a `pong` control.
+    pinger = setInterval(() => socket.readyState === 1 && socket.send('{"op":"ping"}'), link.heartbeatMs());
+  };
+  socket.onmessage = (m) => {
+    let message;
+    try {
+      message = JSON.parse(m.data);
+    } catch {
+      return link.end(new Problem("retry", "malformed frame"));
+    }
+    link.receive(message);
+  };
+  socket.onclose = (e) => {
+    clearInterval(pinger);
+    if (e.code === 4401) link.end(new Problem("expired", e.reason || "unauthorized"));
+    else if (FATAL_CLOSE_CODES.has(e.code)) link.end(new Problem("fatal", `closed ${e.code} ${e.reason}`));
+    else link.end(new Problem("retry", `closed ${e.code}${e.reason ? " " + e.reason : ""}`));
+  };
+  return {
+    send: (message) => socket.readyState === 1 && socket.send(JSON.stringify(message)),
+    close: () => {
+      clearInterval(pinger);
+      socket.onclose = socket.onmessage = null;
+      socket.close(1000);
+    },
+  };
+}
+
+function parseSseBlock(block) {
+  let name = "message";
+  const data = [];
+  for (const line of block.split(/\r?\n/)) {
+    if (!line || line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") name = value;
+    else if (field === "data") data.push(value);
+  }
+  return data.length ? { name, data: data.join("\n") } : null;
+}
+
+function openSse(link) {
+  const abort = new AbortController();
+  (async () => {
+    const ticket = await link.ticket();
+    const res = await fetch(link.url({ ticket }), {
+      headers: { Accept: "text/event-stream" },
+      cache: "no-store",
+      signal: abort.signal,
+    });
+    if (!res.ok) throw problemFromHttp(res.status, await res.json().catch(() => null));
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      const blocks = buffer.split(/\r?\n\r?\n/);
+      buffer = blocks.pop();
+      for (const block of blocks) {
+        const parsed = parseSseBlock(block);
+        if (parsed) link.receive(JSON.parse(parsed.data));
+      }
+      link.alive(); // bytes arrived: the connection lives, even mid-block
+    }
+    throw new Problem("retry", "stream ended");
+  })().catch((err) => {
+    if (!abort.signal.aborted) link.end(err instanceof Problem ? err : new Problem("retry", String(err)));
+  });
+  return { send: () => false, close: () => abort.abort() };
+}
+
+function openLongPoll(link) {
+  const abort = new AbortController();
+  let stopped = false;
+  (async () => {
+    let wait = 0; // the first poll answers at once: that response is the `ready`
+    while (!stopped) {
+      const ticket = await link.ticket();
+      const timer = setTimeout(() => abort.abort(), wait * 1000 + link.connectTimeoutMs());
+      let res;
+      try {
+        res = await fetch(link.url({ ticket, wait }), { cache: "no-store", signal: abort.signal });
+      } finally {
+        clearTimeout(timer);
+      }
+      const body = await res.json().catch(() => null);
+      if (!res.ok) throw problemFromHttp(res.status, body);
+      if (stopped) return;
+      link.receive({ control: "ready", transport: "longpoll" });
+      link.page(body);
+      if (link.finished()) return;
+      wait = link.longpollWait();
+    }
+  })().catch((err) => {
+    if (stopped) return;
+    if (abort.signal.aborted) link.end(new Problem("timeout", "no response in time"));
+    else link.end(err instanceof Problem ? err : new Problem("retry", String(err)));
+  });
+  return {
+    send: () => false,
+    close: () => {
+      stopped = true;
+      abort.abort();
+    },
+  };
+}
+
+const TRANSPORTS = { websocket: openWebSocket, sse: openSse, longpoll: openLongPoll };
+
+// --- the connection manager shared by `follow` and `feed` ------------------------
+
+class Channel {
+  /** Negotiation, fallback, backoff, heartbeats and tokens for one resource.
+   *  `spec` says what the resource is: its path, its query for a (re)connect, what
+   *  to do with a message or a long-poll page, and whether it has finished. */
+  constructor(spec, options) {
+    this.spec = spec;
+    this.o = { ...DEFAULTS, ...options };
+    this.token = this.o.token;
+    this.closed = false;
+    this.transport = null;
+    this.reason = "";
+    this.reconnects = 0;
+    this.attempt = 0; // failures since the last healthy connection
+    this.working = null; // the transport that delivered; kept for the page's life
+    this.candidates = [];
+    this.index = 0;
+    this.conn = null;
+    this.generation = 0;
+    this.timers = {};
+    this.lastHeard = 0;
+    this.everOpen = false;
+    this.start();
+  }
+
+  state(name, extra = {}) {
+    this.stateName = name;
+    if (this.o.onState) {
+      this.o.onState({
+        state: name,
+        transport: this.transport,
+        reason: this.reason,
+        reconnects: this.reconnects,
+        attempt: this.attempt,
+        ...this.spec.position(),
+        ...extra,
+      });
+    }
+  }
+
+  async start() {
+    this.state("negotiating");
+    let offered = ["websocket", "sse", "longpoll"];
+    this.negotiated = { heartbeat: 15, longpoll_wait: 25 };
+    try {
+      const res = await fetch(this.o.baseUrl + "/api/negotiate", { cache: "no-store" });
+      if (res.ok) {
+        this.negotiated = await res.json();
+        offered = this.negotiated.transports;
+      }
+    } catch {
+      // The server is unreachable: try every transport in the default order.
+    }
+    const forced = this.o.transports ? [].concat(this.o.transports) : null;
+    const wanted = forced || offered;
+    this.candidates = wanted.filter((t) => (forced || offered.includes(t)) && TRANSPORTS[t] && browserSupports(t));
+    const skipped = wanted.filter((t) => !this.candidates.includes(t));
+    this.firstReason = forced ? "forced by the page" : "first the server offers";
+    if (skipped.length) this.firstReason += ` (skipped ${skipped.join(", ")}: not in this browser)`;
+    this.reason = this.firstReason;
+    if (!this.candidates.length) {
+      this.reason = "no transport both offered and supported";
+      return this.state("failed");
+    }
+    this.connect();
+  }
+
+  connect() {
+    if (this.closed) return;
+    if (this.spec.finished()) return this.finish();
+    const name = this.working || this.candidates[this.index];
+    const generation = ++this.generation;
+    const live = (f) => (...args) => (generation === this.generation && !this.closed ? f(...args) : undefined);
+    this.transport = name;
+    this.open = false;
+    this.state("connecting");
+    const link = {
+      token: () => this.token,
+      ticket: () => this.ticket(),
+      url: (extra = {}) => this.url(name, extra),
+      heartbeatMs: () => this.negotiated.heartbeat * 1000,
+      connectTimeoutMs: () => this.o.connectTimeout,
+      longpollWait: () => this.o.longpollWait ?? this.negotiated.longpoll_wait,
+      finished: () => this.spec.finished() || this.closed,
+      receive: live((m) => this.receive(m)),
+      page: live((body) => {
+        this.spec.page(body);
+        if (this.spec.finished()) this.finish();
+      }),
+      alive: live(() => (this.lastHeard = Date.now())),
+      end: live((problem) => this.ended(problem)),
+    };
+    this.timers.connect = setTimeout(
+      live(() => this.ended(new Problem("timeout", `no ready within ${this.o.connectTimeout} ms`))),
+      this.o.connectTimeout,
+    );
+    this.conn = TRANSPORTS[name](link);
+  }
+
+  url(transport, extra) {
+    const params = new URLSearchParams();
+    for (const [k, v] of Object.entries({ ...this.spec.query(transport), ...extra })) {
+      if (v !== null && v !== undefined && v !== "") params.set(k, v);
+    }
+    const q = params.toString();
+    return this.o.baseUrl + this.spec.path + (q ? "?" + q : "");
+  }
+
+  async ticket() {
+    let res;
+    try {
+      res = await fetch(this.o.baseUrl + "/api/tickets", {
+        method: "POST",
+        headers: { Authorization: "Bearer " + this.token },
+        cache: "no-store",
+      });
+    } catch (err) {
+      throw new Problem("retry", "ticket: " + err);
+    }
+    const body = await res.json().catch(() => null);
+    if (!res.ok) throw problemFromHttp(res.status, body);
+    return body.ticket;
+  }
+
+  receive(message) {
+    this.lastHeard = Date.now();
+    if (message.control) {
+      const c = message.control;
+      if (c === "ready") return this.opened();
+      if (c === "auth_ok") return this.scheduleRefresh();
+      if (c === "reset") {
+        this.spec.reset(message.execution);
+        return this.spec.finished() ? this.finish() : undefined;
+      }
+      if (c === "error") {
+        const code = message.code || "error";
+        const kind = code === "token_expired" || code === "unauthorized" ? "expired" : FATAL_ERROR_CODES.has(code) ? "fatal" : "retry";
+        return this.ended(new Problem(kind, code));
+      }
+      return; // ping, pong
+    }
+    this.spec.message(message);
+    if (this.spec.finished()) this.finish();
+  }
+
+  opened() {
+    if (this.open) return;
+    this.open = true;
+    this.everOpen = true;
+    this.expiredInARow = 0;
+    clearTimeout(this.timers.connect);
+    if (!this.working) this.working = this.transport;
+    this.lastHeard = Date.now();
+    const hb = this.negotiated.heartbeat * 1000;
+    if (this.transport !== "longpoll") {
+      // Dead if silent for more than two heartbeats (half a heartbeat of slack).
+      this.timers.watchdog = setInterval(() => {
+        if (Date.now() - this.lastHeard > 2.5 * hb) this.ended(new Problem("retry", "missed two heartbeats"));
+      }, Math.max(250, hb / 2));
+    }
+    this.timers.healthy = setTimeout(() => (this.attempt = 0), this.o.healthyAfter);
+    if (this.transport === "websocket") this.scheduleRefresh();
+    this.state("open");
+  }
+
+  scheduleRefresh() {
+    clearTimeout(this.timers.refresh);
+    const exp = tokenExp(this.token);
+    if (!exp || !this.o.onTokenExpired) return;
+    const left = exp * 1000 - Date.now();
+    const margin = Math.min(this.o.refreshBefore * 1000, left / 3);
+    const generation = this.generation;
+    this.timers.refresh = setTimeout(async () => {
+      try {
+        const fresh = await this.o.onTokenExpired();
+        if (!fresh || generation !== this.generation || this.closed) return;
+        this.token = fresh;
+        this.conn.send({ op: "auth", token: fresh });
+      } catch {
+        // No fresh token: the server will end the stream with token_expired.
+      }
+    }, Math.max(0, left - margin));
+  }
+
+  stopConnection() {
+    this.generation++;
+    for (const t of ["connect", "healthy", "refresh", "retry"]) clearTimeout(this.timers[t]);
+    clearInterval(this.timers.watchdog);
+    if (this.conn) this.conn.close();
+    this.conn = null;
+  }
+
+  async ended(problem) {
+    const wasOpen = this.open;
+    const failed = this.transport;
+    this.stopConnection();
+    this.open = false;
+    if (this.closed) return;
+    if (this.spec.finished()) return this.finish();
+    if (problem.kind === "fatal") {
+      this.reason = problem.message;
+      return this.state("failed", { error: problem.message });
+    }
+    if (problem.kind === "expired") {
+      this.expiredInARow = (this.expiredInARow || 0) + 1;
+      if (!this.o.onTokenExpired || this.expiredInARow > 2) {
+        this.reason = "the token expired and no fresh one came";
+        return this.state("failed", { error: problem.message });
+      }
+      this.state("refreshing");
+      try {
+        this.token = await this.o.onTokenExpired();
+      } catch (err) {
+        this.reason = "onTokenExpired failed: " + err;
+        return this.state("failed", { error: String(err) });
+      }
+      if (this.closed) return;
+      this.reconnects++;
+      this.reason = `resumed with a fresh token (${problem.message})`;
+      return this.connect();
+    }
+    if (!wasOpen && !this.working && this.index + 1 < this.candidates.length) {
+      this.index++;
+      this.reason = `${failed} failed (${problem.message}); fell back to ${this.candidates[this.index]}`;
+      return this.connect();
+    }
+    if (!this.working) this.index = 0; // nothing worked yet: walk the list again
+    const delay = backoffDelay(this.attempt, this.o.backoffFirst, this.o.backoffCap);
+    this.attempt++;
+    this.reconnects++;
+    this.reason = `${failed} ${wasOpen ? "dropped" : "failed"} (${problem.message}); retrying`;
+    this.state("waiting", { retryIn: Math.round(delay) });
+    this.timers.retry = setTimeout(() => this.connect(), delay);
+  }
+
+  finish() {
+    if (this.closed) return;
+    this.closed = true;
+    this.stopConnection();
+    this.state("done");
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    this.stopConnection();
+    this.state("closed");
+  }
+}
+
+/** Follow one execution's events from `after`, exactly once and in order. */
+export function follow(executionId, options = {}) {
+  let cursor = options.after || 0;
+  let done = false;
+  const deliver = (event) => {
+    if (typeof event.seq !== "number" || event.seq <= cursor) return; // seen already
+    cursor = event.seq;
+    if (TERMINAL_EVENTS.has(event.event)) done = true;
+    if (options.onEvent) options.onEvent(event);
+  };
+  const spec = {
+    path: `/api/executions/${encodeURIComponent(executionId)}/events`,
+    query: () => ({ after: cursor }),
+    position: () => ({ cursor }),
+    finished: () => done,
+    message: deliver,
+    reset(execution) {
+      cursor = Math.max(cursor, execution.last_seq);
+      if (TERMINAL_STATUSES.has(execution.status)) done = true;
+      if (options.onReset) options.onReset(execution);
+    },
+    page(body) {
+      if (body.reset) spec.reset(body.reset);
+      for (const event of body.events || []) deliver(event);
+      if (body.done) done = true;
+    },
+  };
+  const channel = new Channel(spec, options);
+  return {
+    close: () => channel.close(),
+    get transport() {
+      return channel.transport;
+    },
+    get cursor() {
+      return cursor;
+    },
+    get reconnects() {
+      return channel.reconnects;
+    },
+  };
+}
+
+/** Follow the caller's execution summaries: `onSnapshot(list)`, then `onChange(summary)`. */
+export function feed(options = {}) {
+  let version = null;
+  const spec = {
+    path: "/api/executions/feed",
+    query: (transport) => (transport === "longpoll" ? { since: version } : {}),
+    position: () => ({ version }),
+    finished: () => false,
+    message(m) {
+      if (m.type === "snapshot") {
+        version = m.version;
+        if (options.onSnapshot) options.onSnapshot(m.executions);
+      } else if (m.type === "execution") {
+        version = m.version;
+        if (options.onChange) options.onChange(m.execution);
+      }
+    },
+    reset() {},
+    page(body) {
+      if (body.type === "snapshot") spec.message(body);
+      else for (const execution of body.executions) spec.message({ type: "execution", version: body.version, execution });
+      version = body.version;
+    },
+  };
+  const channel = new Channel(spec, options);
+  return {
+    close: () => channel.close(),
+    get transport() {
+      return channel.transport;
+    },
+  };
+}
+
+/** Small authenticated JSON calls for the pages. */
+export async function api(token, method, path, body, baseUrl = "") {
+  const headers = { Authorization: "Bearer " + token };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const res = await fetch(baseUrl + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const answer = await res.json().catch(() => null);
+  if (!res.ok) {
+    const err = new Error((answer && answer.error && answer.error.message) || `HTTP ${res.status}`);
+    err.status = res.status;
+    err.code = answer && answer.error && answer.error.code;
+    throw err;
+  }
+  return answer;
+}
+
+export const Herald = { follow, feed, api, tokenExp, backoffDelay, browserSupports };
+export default Herald;
