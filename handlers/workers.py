@@ -55,8 +55,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
     """One connected worker: a ``WorkerLink`` for the dispatcher, a ``Connection``
     for the Core's shared heartbeat timer."""
 
-    # Counted with the stream sockets, and closed with 1001 on shutdown like them.
-    transport = "websocket"
+    transport = "worker"
 
     def initialize(self, core: Core, dispatcher: Dispatcher) -> None:
         self.core = core
@@ -109,7 +108,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
                     "ready",
                     transport="worker",
                     queue=self.queue,
-                    name=self.name,
+                    worker=self.name,
                     heartbeat=self.core.settings.heartbeat,
                 )
             )
@@ -136,6 +135,9 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
     def expire(self) -> None:
         self._send(control("error", code="token_expired", message="the token has expired"))
         self.close(CloseCode.UNAUTHORIZED, "token_expired")
+
+    def going_away(self) -> None:
+        self.close(CloseCode.GOING_AWAY, "server_shutdown")
 
     def on_pong(self, data: bytes) -> None:
         self._last_heard = time.monotonic()

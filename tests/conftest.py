@@ -4,5 +4,6 @@ pytest_plugins: list[str] = [
     "tests.fixtures_redis",
     "tests.fixtures_server",
     "tests.fixtures_mongo",
+    "tests.fixtures_workers",
     "tests.fixtures_browser",
 ]
