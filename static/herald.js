@@ -430,10 +430,10 @@ class Channel {
     }
     if (!this.working) this.index = 0; // nothing worked yet: walk the list again
     const delay = backoffDelay(this.attempt, this.o.backoffFirst, this.o.backoffCap);
-    this.attempt++;
     this.reconnects++;
     this.reason = `${failed} ${wasOpen ? "dropped" : "failed"} (${problem.message}); retrying`;
     this.state("waiting", { retryIn: Math.round(delay) });
+    this.attempt++;
     this.timers.retry = setTimeout(() => this.connect(), delay);
   }
 
