@@ -197,7 +197,13 @@ def test_http_claim_long_polls_and_the_worker_publishes_over_http(herald_run):
                 "name": "q",
                 "pending": 0,
                 "workers": [
-                    {"name": "laptop", "transport": "http", "since": None, "capacity": None, "executions": [execution_id]}
+                    {
+                        "name": "laptop",
+                        "transport": "http",
+                        "since": None,
+                        "capacity": None,
+                        "executions": [execution_id],
+                    }
                 ],
                 "waiting_claims": 0,
             }
