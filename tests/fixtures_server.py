@@ -32,7 +32,7 @@ from core.settings import Secret, Settings
 from core.stream import Core
 from server import build_core, make_app
 
-SECRET = "test-secret-0123456789-0123456789"
+SECRET = "test-secret-" + "0123456789abcdef" * 4
 #: A scenario must finish within this many seconds, or the test fails (not hangs).
 SCENARIO_TIMEOUT = 30.0
 
@@ -232,6 +232,50 @@ class SseStream:
     def close(self) -> None:
         if not self.response.done():
             self.response.cancel()
+
+
+class RawWebSocket:
+    """A WebSocket client on a bare socket that never answers a close frame, so a
+    test sees every byte the server sends after its own close frame."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.head = head
+
+    @classmethod
+    async def connect(cls, port: int, path: str, token: str) -> RawWebSocket:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+            ).encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer, head)
+
+    async def frame(self, timeout: float = 5.0) -> tuple[int, bytes]:
+        """The next frame as (opcode, payload); server frames are never masked."""
+        first, second = await asyncio.wait_for(self.reader.readexactly(2), timeout)
+        n = second & 0x7F
+        if n == 126:
+            n = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await self.reader.readexactly(8), "big")
+        return first & 0x0F, await self.reader.readexactly(n)
+
+    def send_text(self, text: str) -> None:
+        """A masked text frame (the mask is zero: clients must mask, not hide)."""
+        payload = text.encode()
+        assert len(payload) < 65536
+        size = bytes((0x80 | len(payload),)) if len(payload) < 126 else bytes((0xFE,)) + len(payload).to_bytes(2, "big")
+        self.writer.write(b"\x81" + size + b"\0\0\0\0" + payload)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def free_port() -> int:

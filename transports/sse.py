@@ -101,6 +101,12 @@ class SseTransport(HeraldRequestHandler):
         self._end()
 
     def _end(self) -> None:
+        # Nothing may follow the end (a heartbeat of the same timer tick, a fan-out
+        # before get() resumes): stop writing and leave the stream and the timer now.
+        self.writer = None
+        if self.subscription is not None:
+            self.subscription.close()
+        self.core.release(self)
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(None)
 

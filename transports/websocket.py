@@ -183,6 +183,13 @@ class WebSocketTransport(tornado.websocket.WebSocketHandler):
         if self.ws_connection is not None:
             self.ws_connection.stream.close()
 
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        # Nothing may follow the close frame, and the client's answer (which fires
+        # on_close) can take a while: leave the stream before sending it.
+        if self.subscription is not None:
+            self.subscription.close()
+        super().close(code, reason)
+
     def on_close(self) -> None:
         if self.subscription is not None:
             self.subscription.close()
