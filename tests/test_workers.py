@@ -8,9 +8,16 @@ import asyncio
 import json
 import time
 
+import pytest
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from client import HeraldClient
+from core.auth import Authenticator
 from examples.diagnosis_worker import DiagnosisWorker
 from tests.fixtures_server import Herald
 from tests.fixtures_workers import connect_worker, follow_all, open_worker_socket, worker_token
+from tests.services import HeraldProcess
 from worker import Emit, Worker, WorkerRunner
 
 
@@ -298,3 +305,59 @@ def test_sdk_reports_an_exception_as_error(herald_run):
             await asyncio.wait_for(serving, 5)
 
     herald_run(scenario)
+
+
+@pytest.mark.mongo
+def test_two_herald_processes_on_one_mongodb_never_assign_one_execution_twice(mongo_target) -> None:
+    args = ("--mongo-uri", mongo_target.uri, "--mongo-database", mongo_target.database)
+    a, b = HeraldProcess(*args), HeraldProcess(*args)
+    a.start()
+    b.start()
+    try:
+        asyncio.run(asyncio.wait_for(_two_process_scenario(a, b), 60))
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def _two_process_scenario(a: HeraldProcess, b: HeraldProcess) -> None:
+    auth = Authenticator(secret=a.secret)
+    creator = HeraldClient(a.base_url, auth.mint("alice"))
+    ids = [(await creator.create("job", queue="shared"))["id"] for _ in range(24)]
+    token = auth.mint("worker", ["workers"])
+    taken: list[tuple[str, str]] = []
+
+    async def claim_loop(process: HeraldProcess, name: str) -> None:
+        client = HeraldClient(process.base_url, token)
+        while True:
+            answer = await client.request("POST", "/api/workers/claim", None, queue="shared", wait=0, name=name)
+            if answer["execution"] is None:
+                return
+            taken.append((answer["execution"]["id"], name))
+
+    async def socket_worker(process: HeraldProcess, name: str) -> None:
+        url = process.base_url.replace("http", "ws", 1) + f"/api/workers/connect?queue=shared&name={name}"
+        request = HTTPRequest(url, headers={"Authorization": f"Bearer {token}"})
+        conn = await websocket_connect(request)
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(conn.read_message(), 2.5)
+                except TimeoutError:
+                    return  # nothing more within two sweeps: the queue is drained
+                op = json.loads(message)
+                if op.get("op") == "execute":
+                    taken.append((op["execution"]["id"], name))
+        finally:
+            conn.close()
+
+    loops = [claim_loop(p, f"{tag}{i}") for p, tag in ((a, "ha"), (b, "hb")) for i in range(4)]
+    loops += [socket_worker(a, "wa"), socket_worker(b, "wb")]
+    await asyncio.gather(*loops)
+    handed = [execution_id for execution_id, _ in taken]
+    assert sorted(handed) == sorted(ids), "every execution handed out exactly once"
+    assert len({name[:2] for _, name in taken}) >= 2, taken  # both processes took part
+    for execution_id in ids:
+        doc = await creator.get(execution_id)
+        # attempts counts hand-outs (socket workers gave theirs back when they left).
+        assert doc["attempts"] == 1

@@ -442,6 +442,50 @@ class MongoStore:
         result = await self._call(self._events.delete_many({"timestamp": {"$lt": older_than}}))
         return result.deleted_count
 
+    # --- worker dispatch (core/dispatch.py) -------------------------------------------
+    # Each claim is one find_one_and_update: the match (pending, no worker) and the
+    # write (this worker, attempts + 1) are atomic on the document, so two Herald
+    # processes sharing the database never hand one execution out twice. Append never
+    # writes ``worker``/``attempts`` (LOG_FIELDS), so a claim and a publish cannot undo
+    # each other.
+    async def claim_pending(self, queue: str, worker: str, now: float) -> Execution | None:
+        from pymongo import ReturnDocument
+
+        doc = await self._call(
+            self._executions.find_one_and_update(
+                {"queue": queue, "status": Status.PENDING.value, "worker": None},
+                {"$set": {"worker": worker, "last_event_at": now}, "$inc": {"attempts": 1}},
+                sort=[("created_at", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+        return _execution(doc) if doc else None
+
+    async def release(self, execution_id: str, worker: str) -> bool:
+        result = await self._call(
+            self._executions.update_one({"_id": execution_id, "worker": worker}, {"$set": {"worker": None}})
+        )
+        return result.matched_count > 0
+
+    async def pending_counts(self) -> dict[str, int]:
+        cursor = self._executions.find(
+            {"queue": {"$ne": None}, "status": Status.PENDING.value, "worker": None}, {"queue": 1, "_id": 0}
+        )
+        counts: dict[str, int] = {}
+        for doc in await self._call(cursor.to_list(None)):
+            counts[doc["queue"]] = counts.get(doc["queue"], 0) + 1
+        return counts
+
+    async def stale_executions(self, older_than: float, limit: int = 100) -> list[Execution]:
+        query = {
+            "queue": {"$ne": None},
+            "status": {"$in": [Status.PENDING.value, Status.RUNNING.value]},
+            "$or": [{"worker": {"$ne": None}}, {"status": Status.RUNNING.value}],
+            "last_event_at": {"$lt": older_than},
+        }
+        cursor = self._executions.find(query).limit(limit)
+        return [_execution(d) for d in await self._call(cursor.to_list(limit))]
+
 
 def _only_duplicates(exc: BulkWriteError) -> bool:
     details = exc.details or {}
