@@ -150,3 +150,22 @@ def test_sse_token_expiry_asks_the_callback_and_resumes(page, browser_herald: Br
     assert page.evaluate("window.refreshes") == 1
     reasons = [s["reason"] for s in page.evaluate("window.states")]
     assert any("fresh token" in r and "token_expired" in r for r in reasons)
+
+
+def test_websocket_that_connects_but_never_delivers_falls_back(page, browser_herald: BrowserHerald):
+    """A middlebox that completes the upgrade and then swallows everything: the page's
+    WebSocket opens (Playwright answers the handshake and forwards nothing), `ready`
+    never comes, and the client moves on to SSE within the connect timeout."""
+    h = browser_herald
+    opened: list[str] = []
+    page.route_web_socket("**/events*", lambda ws: opened.append(ws.url))
+    ex = h.create()
+    h.publish(ex, tokens(2))
+    follow(page, h.url, ex, h.mint(), connectTimeout=1000)
+    wait_for_events(page, 3)
+    seqs = h.publish(ex, [{"event": "complete", "data": {"result": None}}])
+    assert wait_finished(page) == "done"
+    assert_exactly_once(page, seqs[0])
+    assert opened, "the WebSocket did connect"
+    reason = next(s["reason"] for s in page.evaluate("window.states") if s["state"] == "open")
+    assert reason.startswith("websocket failed (no ready within 1000 ms); fell back to sse")
