@@ -11,7 +11,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -167,7 +166,3 @@ def nginx_proxy() -> Iterator[Callable[[str, int], Nginx]]:
     finally:
         for proxy in started:
             proxy.stop()
-
-
-def http_error_body(exc: urllib.error.HTTPError) -> Any:
-    return json.loads(exc.read() or b"null")
