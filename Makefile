@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint loadtest bench clean
+.PHONY: run run-worker test lint loadtest bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,11 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 
 run: $(STAMP)
 	$(BIN)/python server.py
+
+# Beside `make run`: the example diagnosis worker (QUEUE=demo for the dashboard's demo).
+QUEUE ?= diagnosis
+run-worker: $(STAMP)
+	$(BIN)/python examples/diagnosis_worker.py --queue $(QUEUE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -103,6 +103,7 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             self.expires_at = self.principal.exp
             self.dispatcher.connect(self)
             self._connected = True
+            self.set_nodelay(True)  # small frames (execute, cancel, ack) must not wait for Nagle
             self._send(
                 control(
                     "ready",

@@ -115,6 +115,8 @@ class WorkerRunner:
             log.warning("worker %s could not connect: %s", self.name, exc)
             return False
         self._conn = conn
+        if conn.protocol is not None:
+            conn.protocol.stream.set_nodelay(True)  # a lone token must not wait for Nagle
         ready = False
         pinger = asyncio.ensure_future(self._ping_forever(conn))
         try:
