@@ -71,7 +71,15 @@ class SseTransport(HeraldRequestHandler):
                 self.subscription.close()
             self.core.release(self)
         if not self.request.connection.stream.closed():  # type: ignore[attr-defined]
-            self.finish()
+            sent = self.finish()
+            if not self._chunked:
+                # Neither chunked nor sized (HTTP/1.0): only closing the connection
+                # tells the client the stream ended, even if it asked for keep-alive.
+                try:
+                    await sent
+                except StreamClosedError:
+                    pass
+                self.request.connection.stream.close()  # type: ignore[attr-defined]
 
     def _write(self, data: bytes) -> None:
         if self.writer is None:
