@@ -33,7 +33,7 @@ def secantus() -> Iterator[SecantusServer]:
     try:
         yield server
     finally:
-        server.stop()
+        server.kill()
 
 
 @pytest.fixture
@@ -52,5 +52,5 @@ def durable_secantus() -> Iterator[SecantusServer]:
     try:
         yield server
     finally:
-        server.stop()
+        server.kill()
         shutil.rmtree(storage, ignore_errors=True)

@@ -117,3 +117,54 @@ class SecantusServer:
             client.admin.command({"configureFailPoint": "failCommand", "mode": mode, "data": data})
         finally:
             client.close()
+
+
+class HeraldProcess:
+    """``python server.py`` as a child process on a free 127.0.0.1 port, so a test can
+    ``kill -9`` it and start it again on the same port and database."""
+
+    def __init__(self, *args: str, port: int | None = None, secret: str = "test-secret-0123456789-0123456789") -> None:
+        self.port = port or free_port()
+        self.secret = secret
+        self.args = list(args)
+        self.process: subprocess.Popen | None = None
+        self.log_path = os.path.join(tempfile.gettempdir(), f"herald-server-{self.port}.log")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        args = [sys.executable, os.path.join(root, "server.py"), "--port", str(self.port)]
+        args += ["--jwt-secret", self.secret, *self.args]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(args, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server.py exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"server.py did not listen within {timeout}s; see {self.log_path}")
+
+    def kill(self) -> None:
+        """``kill -9``."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

@@ -160,7 +160,7 @@ class MongoStore:
             self._uri,
             serverSelectionTimeoutMS=self._selection_ms,
             connectTimeoutMS=self._selection_ms,
-            timeoutMS=self._timeout_ms,
+            socketTimeoutMS=self._timeout_ms,
             tz_aware=True,
             appname="herald",
         )
@@ -170,11 +170,13 @@ class MongoStore:
         try:
             await self._ensure_indexes()
         except StoreUnavailable as exc:
-            log.warning("MongoDB unavailable at start-up (%s); retrying in the background", exc)
+            # Serve anyway (``/readyz`` says 503); appends wait for the indexes, whose
+            # uniqueness is what keeps seq dense.
+            log.warning("MongoDB unavailable at start-up (%s); creating indexes when it answers", exc)
             self._index_task = asyncio.ensure_future(self._index_until_done())
 
     async def close(self) -> None:
-        if self._index_task is not None:
+        if self._index_task is not None and not self._index_task.done():
             self._index_task.cancel()
         if self._client is not None:
             await self._client.close()
@@ -185,10 +187,11 @@ class MongoStore:
         await self._ensure_indexes()
 
     async def _index_until_done(self) -> None:
-        while not self._indexed:
+        while True:
             await asyncio.sleep(1.0)
             try:
                 await self._ensure_indexes()
+                return
             except StoreUnavailable:
                 continue
 
@@ -336,11 +339,17 @@ class MongoStore:
                 return plan
             writer = str(ObjectId())
             if await self._insert(plan.events, writer, fence):
-                committed = await self._call(
-                    self._executions.update_one(
-                        {"_id": execution_id, "last_seq": last, "fence": fence}, {"$set": _log_state(plan.execution)}
+                try:
+                    committed = await self._call(
+                        self._executions.update_one(
+                            {"_id": execution_id, "last_seq": last, "fence": fence},
+                            {"$set": _log_state(plan.execution)},
+                        )
                     )
-                )
+                except StoreUnavailable:
+                    if await self._settle_failed_commit(execution_id, last, fence, writer, plan):
+                        return plan
+                    raise
                 if committed.matched_count:
                     self._forget_blocked(execution_id)
                     return plan
@@ -352,6 +361,30 @@ class MongoStore:
             if time.monotonic() > deadline:
                 raise StoreUnavailable(f"could not append to {execution_id}: too much contention")
             await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+
+    async def _settle_failed_commit(
+        self, execution_id: str, last: int, fence: int, writer: str, plan: AppendPlan
+    ) -> bool:
+        """The commit failed without a clear answer (it may have been applied before
+        the connection dropped). Fence the document: if that matches, the commit did not
+        happen and cannot happen any more, so our events are removed at once; if not,
+        the commit happened when the log holds our last event. Best effort: when the
+        database is gone, the tentative events are discarded later (``STALE_AFTER``)."""
+        try:
+            fenced = await self._call(
+                self._executions.update_one(
+                    {"_id": execution_id, "last_seq": last, "fence": fence}, {"$inc": {"fence": 1}}
+                )
+            )
+            if fenced.matched_count:
+                await self._call(self._events.delete_many({"execution_id": execution_id, "writer": writer}))
+                return False
+            end = plan.events[-1].seq
+            doc = await self._call(self._executions.find_one({"_id": execution_id}, {"last_seq": 1}))
+            mine = await self._call(self._events.find_one({"execution_id": execution_id, "seq": end}, {"writer": 1}))
+            return bool(doc and doc["last_seq"] >= end and mine and mine.get("writer") == writer)
+        except StoreUnavailable:
+            return False
 
     async def _read_for_append(
         self, execution_id: str, keys: list[str]
