@@ -20,6 +20,7 @@ class SseParser:
 
     def __init__(self) -> None:
         self._buffer = b""
+        self._after_cr = False
         self._event = ""
         self._data: list[str] = []
         self._id: str | None = None
@@ -27,28 +28,37 @@ class SseParser:
         self.retry_ms: int | None = None
 
     def feed(self, chunk: bytes) -> list[SseMessage]:
-        self._buffer += chunk
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the LF of a CRLF split between two chunks
+        self._after_cr = False
+        buffer = self._buffer + chunk
         out: list[SseMessage] = []
+        start = 0
         while True:
-            cut = self._line_end()
+            cut = self._line_end(buffer, start)
             if cut is None:
                 break
             end, skip = cut
-            line = self._buffer[:end].decode("utf-8", "replace")
-            self._buffer = self._buffer[end + skip :]
-            message = self._line(line)
+            message = self._line(buffer[start:end].decode("utf-8", "replace"))
+            start = end + skip
             if message is not None:
                 out.append(message)
+        self._buffer = buffer[start:]
         return out
 
-    def _line_end(self) -> tuple[int, int] | None:
-        for i, byte in enumerate(self._buffer):
-            if byte == 0x0A:
-                return i, 1
-            if byte == 0x0D:
-                if i + 1 < len(self._buffer):
-                    return i, 2 if self._buffer[i + 1] == 0x0A else 1
-                return None  # wait: a \n may follow
+    def _line_end(self, buffer: bytes, start: int) -> tuple[int, int] | None:
+        """Where the line at ``start`` ends (LF, CRLF or CR) and how long its end is.
+        A CR ends its line at once, so a CR-only stream is not held back a message;
+        an LF arriving first in the next chunk is then skipped by ``feed``."""
+        lf = buffer.find(b"\n", start)
+        cr = buffer.find(b"\r", start, lf if lf >= 0 else len(buffer))
+        if cr >= 0:
+            if cr + 1 == len(buffer):
+                self._after_cr = True
+                return cr, 1
+            return cr, 2 if buffer[cr + 1] == 0x0A else 1
+        if lf >= 0:
+            return lf, 1
         return None
 
     def _line(self, line: str) -> SseMessage | None:
