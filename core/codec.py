@@ -81,6 +81,18 @@ class Encoded:
         return self._sse_chunk
 
 
+def batch_bytes(batch: list[Encoded], encoding: str) -> bytes:
+    """A fan-out batch as one write: ``ws`` frames, ``sse`` blocks, or ``sse_chunk``
+    (SSE blocks in one HTTP chunk). Built once per fan-out and encoding."""
+    if encoding == "ws":
+        return batch[0].ws() if len(batch) == 1 else b"".join(e.ws() for e in batch)
+    if encoding == "sse_chunk":
+        return batch[0].sse_chunk() if len(batch) == 1 else http_chunk(b"".join(e.sse() for e in batch))
+    if encoding == "sse":
+        return batch[0].sse() if len(batch) == 1 else b"".join(e.sse() for e in batch)
+    raise ValueError(f"unknown encoding {encoding!r}")
+
+
 def encode_all(events: list[Event]) -> list[Encoded]:
     return [Encoded(e) for e in events]
 

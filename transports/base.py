@@ -152,18 +152,28 @@ class FastWriter:
     for it, and through ``IOStream.write`` otherwise (so order is kept).
 
     This is what makes a fan-out cheap: no per-write Future, no buffer append, no
-    callback per subscriber on the common path. A subscriber whose unsent bytes exceed
-    ``limit`` is reported as slow (``write`` returns False) so its transport can close
+    callback per subscriber on the common path. It is also the Core's ``DirectWriter``:
+    the hub reads ``buffer`` and calls ``send`` itself, inline, for live batches in
+    ``encoding`` (``ws``, ``sse`` or ``sse_chunk``). A subscriber whose unsent bytes
+    exceed ``limit`` is slow: ``write``/``queue`` return False and ``on_slow`` closes
     it with a code that tells the client to resume with its cursor.
     """
 
-    __slots__ = ("stream", "socket", "limit")
+    __slots__ = ("stream", "socket", "limit", "buffer", "send", "encoding", "on_slow")
 
-    def __init__(self, stream: IOStream, limit: int) -> None:
+    def __init__(self, stream: IOStream, limit: int, encoding: str, on_slow: Callable[[], None]) -> None:
         self.stream = stream
         self.limit = limit
-        # TLS streams must go through the SSL layer.
+        self.encoding = encoding
+        self.on_slow = on_slow
+        # Tornado keeps one buffer object for the stream's life (None once closed).
+        self.buffer = stream._write_buffer  # noqa: SLF001 - see class docstring
+        # TLS streams must go through the SSL layer: a buffer that never looks empty
+        # to the hub and no socket here send everything through ``queue``.
         self.socket: socket.socket | None = None if isinstance(stream, SSLIOStream) else stream.socket
+        self.send = self.socket.send if self.socket is not None else _never_sent
+        if self.socket is None:
+            self.buffer = _ALWAYS_BUSY
 
     def write(self, data: bytes) -> bool:
         stream = self.stream
@@ -189,3 +199,31 @@ class FastWriter:
         except StreamClosedError:
             pass
         return True
+
+    def queue(self, data: bytes) -> bool:
+        """Append behind Tornado's buffer (it flushes when the socket drains)."""
+        stream = self.stream
+        buffered = stream._write_buffer  # noqa: SLF001 - see class docstring
+        if buffered is None or stream.closed():
+            return True
+        if len(buffered) + len(data) > self.limit:
+            return False
+        try:
+            stream.write(data)
+        except StreamClosedError:
+            pass
+        return True
+
+
+class _Busy:
+    """Stands in for the write buffer of a TLS stream: never empty."""
+
+    __slots__ = ()
+    _size = 1
+
+
+_ALWAYS_BUSY = _Busy()
+
+
+def _never_sent(data: bytes) -> int:
+    return 0

@@ -60,7 +60,12 @@ class SseTransport(HeraldRequestHandler):
             await self.flush()
             connection = self.request.connection
             self._chunked = bool(getattr(connection, "_chunking_output", False))
-            self.writer = FastWriter(connection.stream, self.core.settings.max_buffer_bytes)  # type: ignore[attr-defined]
+            self.writer = FastWriter(
+                connection.stream,  # type: ignore[attr-defined]
+                self.core.settings.max_buffer_bytes,
+                "sse_chunk" if self._chunked else "sse",
+                self._close_slow,
+            )
             self.subscription = self.core.follow(execution_id, after, self)
             await self.subscription.start(execution)
             await self._ended
@@ -85,9 +90,17 @@ class SseTransport(HeraldRequestHandler):
         if self.writer is None:
             return
         if not self.writer.write(http_chunk(data) if self._chunked else data):
-            log.info("closing a slow SSE subscriber")
+            self._close_slow()
+
+    def _close_slow(self) -> None:
+        """Its buffer overflowed: end the response; EventSource reconnects with
+        ``Last-Event-ID`` and misses nothing."""
+        log.info("closing a slow SSE subscriber")
+        if self.subscription is not None:
+            self.subscription.close()
+        if self.writer is not None:
             self.writer.stream.close()
-            self._end()
+        self._end()
 
     # --- Sink -----------------------------------------------------------------------
     def send_events(self, batch: list[Encoded]) -> None:
@@ -98,9 +111,7 @@ class SseTransport(HeraldRequestHandler):
         else:
             data = batch[0].sse() if len(batch) == 1 else b"".join(e.sse() for e in batch)
         if not self.writer.write(data):
-            log.info("closing a slow SSE subscriber")
-            self.writer.stream.close()
-            self._end()
+            self._close_slow()
 
     def send_reset(self, execution: Execution) -> None:
         self._write(sse_control(control("reset", execution=execution.to_public())))

@@ -82,7 +82,9 @@ class WebSocketTransport(tornado.websocket.WebSocketHandler):
             self._admitted = True
             self.expires_at = self.principal.exp
             assert self.ws_connection is not None
-            self.writer = FastWriter(self.ws_connection.stream, self.core.settings.max_buffer_bytes)
+            self.writer = FastWriter(
+                self.ws_connection.stream, self.core.settings.max_buffer_bytes, "ws", self._close_slow
+            )
             self._send_control(control("ready", transport=NAME))
             self.subscription = self.core.follow(execution_id, after, self)
             await self.subscription.start(execution)
@@ -176,12 +178,14 @@ class WebSocketTransport(tornado.websocket.WebSocketHandler):
         self.close(CloseCode.for_status(exc.status), reason)
 
     def _close_slow(self) -> None:
+        """Its buffer overflowed: stop feeding it and close with 1013, so the client
+        reconnects with its cursor. The close frame queues behind the unsent bytes;
+        Tornado drops the socket if the client has not closed within 5 seconds."""
         log.info("closing a slow WebSocket subscriber")
         if self.subscription is not None:
             self.subscription.close()
-        # Its buffer is full: the close frame waits behind it, so drop the socket.
-        if self.ws_connection is not None:
-            self.ws_connection.stream.close()
+        self.writer = None
+        self.close(CloseCode.TRY_AGAIN_LATER, "slow_subscriber")
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         # Nothing may follow the close frame, and the client's answer (which fires
