@@ -375,3 +375,11 @@ def test_concurrent_publishes_get_distinct_gapless_seqs(herald_run):
         assert await h.last_seq(ex) == 31
 
     herald_run(scenario)
+
+
+def test_unsupported_method_has_the_error_shape(herald_run):
+    async def scenario(h: Herald) -> None:
+        response = await h.fetch("/api/executions", method="PUT", token=h.mint(), body={"kind": "x"})
+        assert response.code == 405 and error_of(response)["code"] == "method_not_allowed"
+
+    herald_run(scenario)

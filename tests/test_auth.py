@@ -329,3 +329,20 @@ def test_nothing_follows_the_expiry_error(herald_run):
         raw.close()
 
     herald_run(scenario)
+
+
+def test_cookie_websocket_must_come_from_this_origin(herald_run):
+    async def scenario(h: Herald) -> None:
+        ex = (await h.create())["id"]
+        cookie = {"Cookie": f"herald_token={h.mint()}"}
+        foreign = await h.websocket(ex, token="", headers={**cookie, "Origin": "https://evil.example"})
+        assert (await ws_until_closed(foreign))[0]["code"] == "forbidden" and foreign.close_code == 4403
+        same = await h.websocket(ex, token="", headers={**cookie, "Origin": f"http://127.0.0.1:{h.port}"})
+        assert (await read_ws(same))["control"] == "ready"
+        same.close()
+        # A bearer token is not ambient: any origin may use it.
+        bearer = await h.websocket(ex, headers={"Origin": "https://elsewhere.example"})
+        assert (await read_ws(bearer))["control"] == "ready"
+        bearer.close()
+
+    herald_run(scenario)

@@ -13,7 +13,7 @@ import pytest
 
 from client.sse import SseParser
 from core.model import PublishItem
-from tests.fixtures_server import Herald, read_ws, ws_until_closed
+from tests.fixtures_server import Herald, RawWebSocket, read_ws, ws_until_closed
 
 
 async def eventually(predicate, timeout: float = 3.0) -> None:
@@ -275,3 +275,43 @@ def test_a_websocket_leaving_while_another_stays_keeps_the_hub(herald_run):
         await eventually(lambda: ex not in h.core._hubs)
 
     herald_run(scenario)
+
+
+def test_connection_limit_answers_429_and_4429(herald_run):
+    async def scenario(h: Herald) -> None:
+        ex = (await h.create())["id"]
+        first = await h.websocket(ex)
+        await read_ws(first)
+        status, body = await h.sse(ex).refusal()
+        assert status == 429 and body["error"]["code"] == "too_many_connections"
+        response = await h.fetch(f"/api/executions/{ex}/events?wait=1", token=h.mint())
+        assert response.code == 429 and int(response.headers["Retry-After"]) > 0
+        second = await h.websocket(ex)
+        assert (await ws_until_closed(second))[0]["code"] == "too_many_connections"
+        assert second.close_code == 4429
+        first.close()
+        await eventually(lambda: not h.core.connections)
+        assert (await h.fetch(f"/api/executions/{ex}/events", token=h.mint())).code == 200
+
+    herald_run(scenario, max_connections=1)
+
+
+def test_a_websocket_that_never_answers_pings_is_closed(herald_run):
+    async def scenario(h: Herald) -> None:
+        ex = (await h.create())["id"]
+        raw = await RawWebSocket.connect(h.port, f"/api/executions/{ex}/events", h.mint())
+        assert (await raw.frame())[0] == 1  # ready
+        pings = 0
+        while True:
+            opcode, payload = await raw.frame(timeout=3)
+            if opcode == 9:
+                pings += 1
+                continue
+            assert opcode == 8
+            assert int.from_bytes(payload[:2], "big") == 1001 and payload[2:] == b"heartbeat_timeout"
+            break
+        assert pings >= 2
+        raw.close()
+        await eventually(lambda: not h.core.connections)
+
+    herald_run(scenario, heartbeat=0.3)

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import tornado.websocket
 from tornado.routing import Rule
@@ -54,6 +55,15 @@ class WebSocketTransport(tornado.websocket.WebSocketHandler):
         # use them; a cookie is, so cookie-authenticated sockets are checked in open().
         return True
 
+    def _same_origin(self) -> bool:
+        """For cookie auth. Since Tornado 6.6 ``check_origin`` only consults the
+        ``trusted_origins`` setting (the Origin/Host comparison runs before it), so
+        the same-origin test is made here; no Origin means no browser, no CSRF."""
+        origin = self.request.headers.get("Origin")
+        if origin is None or urlsplit(origin).netloc.lower() == self.request.headers.get("Host", "").lower():
+            return True
+        return super().check_origin(origin)
+
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         self._offered = subprotocols
         # Never echo the bearer entry: the token must not come back in a header.
@@ -65,11 +75,7 @@ class WebSocketTransport(tornado.websocket.WebSocketHandler):
     async def open(self, execution_id: str) -> None:  # type: ignore[override]
         try:
             creds = self.credentials(self._offered)
-            if (
-                creds is not None
-                and creds.kind == "cookie"
-                and not super().check_origin(self.request.headers.get("Origin", ""))
-            ):
+            if creds is not None and creds.kind == "cookie" and not self._same_origin():
                 raise forbidden("a cookie-authenticated WebSocket must come from this origin")
             self.principal = self.authenticate(self._offered)
             execution = await self.core.get_execution(execution_id)
