@@ -252,3 +252,26 @@ def test_publishing_after_the_terminal_event_is_409_and_stores_nothing(herald_ru
         assert doc["status"] == "succeeded" and doc["result"] == "ok" and doc["progress"] == 100
 
     herald_run(scenario)
+
+
+def test_a_longpoll_page_reads_one_page_of_the_log_not_all_of_it(herald_run):
+    async def scenario(h: Herald) -> None:
+        ex = (await h.create())["id"]
+        for start in range(0, 3000, 1000):
+            await h.tokens_batch(ex, start, 1000)
+        store = h.core.store
+        read = store.events_after
+        returned: list[int] = []
+
+        async def counting_events_after(execution_id: str, after: int, limit: int):
+            events = await read(execution_id, after, limit)
+            returned.append(len(events))
+            return events
+
+        store.events_after = counting_events_after  # type: ignore[method-assign]
+        page = json.loads((await h.fetch(f"/api/executions/{ex}/events?after=5&limit=10", token=h.mint())).body)
+        assert_in_order(page["events"], 6, 15)
+        assert page["next_after"] == 15 and page["done"] is False
+        assert sum(returned) <= 20, f"read {sum(returned)} events from the store for a page of 10"
+
+    herald_run(scenario)

@@ -18,7 +18,7 @@ from core.auth import may_read
 from core.codec import Encoded, page_json
 from core.errors import ErrorCode, HeraldError, forbidden
 from core.model import Execution
-from core.stream import Core
+from core.stream import Core, Subscription
 from transports.base import STREAM_PATH, HeraldRequestHandler, RequestMatches, wants_event_stream, wants_websocket
 
 NAME = "longpoll"
@@ -40,6 +40,7 @@ class LongPollTransport(HeraldRequestHandler):
         self._done = False
         self._limit = DEFAULT_LIMIT
         self._answered: asyncio.Future | None = None
+        self._subscription: Subscription | None = None
 
     async def get(self, execution_id: str) -> None:
         principal = self.authenticate()
@@ -54,7 +55,7 @@ class LongPollTransport(HeraldRequestHandler):
             raise HeraldError(ErrorCode.TOO_MANY_CONNECTIONS, 429, "too many connections", retry_after=5)
         self.expires_at = principal.exp
         self._answered = asyncio.get_running_loop().create_future()
-        subscription = self.core.follow(execution_id, after, self, limit=self._limit)
+        subscription = self._subscription = self.core.follow(execution_id, after, self, limit=self._limit)
         try:
             await subscription.start(execution)
             if wait and not self._answered.done():
@@ -81,6 +82,9 @@ class LongPollTransport(HeraldRequestHandler):
             if len(batch) > room:
                 # The rest goes to the next poll; the terminal event is not in this page.
                 self._done = False
+        if len(self._events) >= self._limit and self._subscription is not None:
+            # The page is full: stop the catch-up before it reads the rest of the log.
+            self._subscription.close()
         self._answer()
 
     def send_reset(self, execution: Execution) -> None:
