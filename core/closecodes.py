@@ -13,7 +13,7 @@ class CloseCode(IntEnum):
     UNAUTHORIZED = 4401  # also reason "token_expired"
     FORBIDDEN = 4403
     NOT_FOUND = 4404
-    WORKER_NAME_TAKEN = 4409
+    CONFLICT = 4409  # 409: a worker name taken on its queue (the contract's 4409)
     TOO_MANY_CONNECTIONS = 4429
 
     @classmethod
@@ -24,7 +24,7 @@ class CloseCode(IntEnum):
             401: cls.UNAUTHORIZED,
             403: cls.FORBIDDEN,
             404: cls.NOT_FOUND,
-            409: cls.WORKER_NAME_TAKEN,
+            409: cls.CONFLICT,
             413: cls.BAD_REQUEST,
             429: cls.TOO_MANY_CONNECTIONS,
         }.get(status, cls.TRY_AGAIN_LATER)

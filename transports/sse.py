@@ -58,6 +58,7 @@ class SseTransport(HeraldRequestHandler):
             self.set_header("X-Accel-Buffering", "no")
             self.write(b"retry: %d\n\n" % RETRY_MS + PADDING + sse_control(control("ready", transport=NAME)))
             await self.flush()
+            self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
             connection = self.request.connection
             self._chunked = bool(getattr(connection, "_chunking_output", False))
             self.writer = FastWriter(

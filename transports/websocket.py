@@ -86,6 +86,7 @@ class WebSocketTransport(tornado.websocket.WebSocketHandler):
             if not self.core.admit(self):
                 raise HeraldError(ErrorCode.TOO_MANY_CONNECTIONS, 429, "too many connections")
             self._admitted = True
+            self.set_nodelay(True)  # small frames must not wait for Nagle behind an unacked one
             self.expires_at = self.principal.exp
             assert self.ws_connection is not None
             self.writer = FastWriter(
