@@ -156,7 +156,10 @@ class FastWriter:
     the hub reads ``buffer`` and calls ``send`` itself, inline, for live batches in
     ``encoding`` (``ws``, ``sse`` or ``sse_chunk``). A subscriber whose unsent bytes
     exceed ``limit`` is slow: ``write``/``queue`` return False and ``on_slow`` closes
-    it with a code that tells the client to resume with its cursor.
+    it with a code that tells the client to resume with its cursor. The test is on
+    what is *already* waiting: one batch of any size may be queued behind a reader
+    that keeps up (a 1,000-event publish can exceed ``limit`` by itself), so the most
+    a subscriber holds is ``limit`` plus one batch.
     """
 
     __slots__ = ("stream", "socket", "limit", "buffer", "send", "encoding", "on_slow")
@@ -192,7 +195,7 @@ class FastWriter:
             if sent == len(data):
                 return True
             data = data[sent:]
-        if pending + len(data) > self.limit:
+        if pending > self.limit:
             return False
         try:
             stream.write(data)
@@ -206,7 +209,7 @@ class FastWriter:
         buffered = stream._write_buffer  # noqa: SLF001 - see class docstring
         if buffered is None or stream.closed():
             return True
-        if len(buffered) + len(data) > self.limit:
+        if len(buffered) > self.limit:
             return False
         try:
             stream.write(data)
