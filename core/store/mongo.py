@@ -340,17 +340,12 @@ class MongoStore:
             writer = str(ObjectId())
             if await self._insert(plan.events, writer, fence):
                 try:
-                    committed = await self._call(
-                        self._executions.update_one(
-                            {"_id": execution_id, "last_seq": last, "fence": fence},
-                            {"$set": _log_state(plan.execution)},
-                        )
-                    )
+                    committed = await self._commit(execution_id, last, fence, {"$set": _log_state(plan.execution)})
                 except StoreUnavailable:
                     if await self._settle_failed_commit(execution_id, last, fence, writer, plan):
                         return plan
                     raise
-                if committed.matched_count:
+                if committed:
                     self._forget_blocked(execution_id)
                     return plan
                 # Fenced off (our events were judged stale) or the log moved on.
@@ -361,6 +356,21 @@ class MongoStore:
             if time.monotonic() > deadline:
                 raise StoreUnavailable(f"could not append to {execution_id}: too much contention")
             await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+
+    async def _commit(self, execution_id: str, last: int, fence: int, update: dict[str, Any]) -> bool:
+        """Compare-and-set on ``(last_seq, fence)``. A miss is confirmed by reading the
+        document: SecantusDB was seen to answer ``n: 0`` under concurrent writes while
+        the document still matched; MongoDB never does, so there it costs nothing."""
+        match = {"_id": execution_id, "last_seq": last, "fence": fence}
+        for _ in range(5):
+            result = await self._call(self._executions.update_one(match, update))
+            if result.matched_count:
+                return True
+            doc = await self._call(self._executions.find_one(match, {"_id": 1}))
+            if doc is None:
+                return False
+            log.debug("compare-and-set on %s answered n=0 while the document matched; retrying", execution_id)
+        return False
 
     async def _settle_failed_commit(
         self, execution_id: str, last: int, fence: int, writer: str, plan: AppendPlan
@@ -444,10 +454,7 @@ class MongoStore:
         first_seen = self._blocked.setdefault((execution_id, last, writer), now)
         if now - first_seen < STALE_AFTER:
             return
-        fenced = await self._call(
-            self._executions.update_one({"_id": execution_id, "last_seq": last, "fence": fence}, {"$inc": {"fence": 1}})
-        )
-        if fenced.matched_count:
+        if await self._commit(execution_id, last, fence, {"$inc": {"fence": 1}}):
             gone = await self._call(
                 self._events.delete_many({"execution_id": execution_id, "seq": {"$gt": last}, "fence": {"$lte": fence}})
             )
