@@ -26,11 +26,17 @@ class ApiError(Exception):
 class HeraldClient:
     """A caller of one Herald server with one token."""
 
-    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0, max_clients: int = 1000) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
-        self.http = AsyncHTTPClient()
+        # An instance of its own: Tornado's shared client runs 10 requests at a time,
+        # and every SSE or long-poll follower holds one for as long as it follows.
+        self.http = AsyncHTTPClient(force_instance=True, max_clients=max_clients)
+
+    def close(self) -> None:
+        """Release the HTTP client (open streams end with their followers)."""
+        self.http.close()
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         h = {"Authorization": f"Bearer {self.token}"} if self.token else {}

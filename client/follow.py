@@ -167,7 +167,14 @@ class Follower:
             if line.startswith("HTTP/"):
                 status.append(int(line.split()[1]))
 
+        stopped = False
+
         def on_chunk(chunk: bytes) -> None:
+            if stopped:
+                # Raising here is how Tornado's client is told to drop the connection;
+                # a stopped follower's stream thus closes at its next byte (at the
+                # latest the next heartbeat), instead of living until the stream ends.
+                raise _Reconnect
             if status and status[-1] != 200:
                 error_body.append(chunk)
             else:
@@ -200,6 +207,7 @@ class Follower:
                             raise _Reconnect
                     yield item
         finally:
+            stopped = True
             if not fetch.done():
                 fetch.cancel()
         response = fetch.result() if fetch.done() and not fetch.cancelled() else None
