@@ -15,8 +15,9 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,loadtest]'
 	touch $(STAMP)
 
+# The server and, beside it, the example workers serving the dashboard's demos.
 run: $(STAMP)
-	$(BIN)/python server.py
+	PY=$(BIN)/python bash scripts/run.sh
 
 # Beside `make run`: the example diagnosis worker (QUEUE=demo for the dashboard's demo).
 QUEUE ?= diagnosis

@@ -3,14 +3,18 @@
 It plays a scripted LLM-style execution (stages with progress, an answer streamed
 token by token, a partial result, then ``complete``) over about 20 seconds, divided by
 ``speed``. It publishes through ``Core.publish`` like any other producer, so every
-transport, the dashboard feed and the store see ordinary events. It is
-self-contained: a remote worker (issue 5) may serve demo executions instead later.
+transport, the dashboard feed and the store see ordinary events.
+
+When a real worker serves the demo's queue (``make run`` starts the example workers),
+the demo is an ordinary queued execution instead (``WorkerDemo``), so a new user sees a
+remote worker at work; the simulator is the fallback for a bare ``python server.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from core.errors import HeraldError
@@ -53,6 +57,34 @@ def script() -> list[tuple[float, PublishItem]]:
     result = {"answer": ANSWER, "root_cause": "synchronous pricing call", "confidence": 0.87}
     steps.append((1.0, PublishItem("complete", {"result": result})))
     return steps
+
+
+@dataclass(frozen=True)
+class WorkerDemo:
+    """A demo served by a connected example worker: what to create, on which queue."""
+
+    kind: str
+    queue: str
+    input: dict[str, Any]
+
+
+#: The dashboard's two demos, by the name ``POST /api/demo`` takes.
+DIAGNOSIS_QUEUE = "demo"
+LLM_QUEUE = "llm"
+#: The LLM demo's answer length and its pace at speed 1 (~20 s).
+LLM_TOKENS = 240
+LLM_TOKENS_PER_SECOND = 12.0
+
+
+def worker_demo(name: str, speed: float) -> WorkerDemo:
+    """The execution a worker-served demo creates: about ``DURATION / speed`` seconds
+    (examples/diagnosis_worker.py reads ``seconds``, examples/llm_worker.py reads
+    ``tokens`` and ``tokens_per_second``)."""
+    if name == "llm":
+        pace = {"tokens": LLM_TOKENS, "tokens_per_second": LLM_TOKENS_PER_SECOND * speed}
+        return WorkerDemo("chat", LLM_QUEUE, {"prompt": PROMPT, "demo": True, **pace})
+    seconds = round(DURATION / speed, 3)
+    return WorkerDemo("diagnosis", DIAGNOSIS_QUEUE, {"subject": "checkout-service", "seconds": seconds, "demo": True})
 
 
 class DemoSimulator:

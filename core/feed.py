@@ -24,7 +24,20 @@ from core.model import Execution
 
 HISTORY = 2000
 SNAPSHOT_SIZE = 50
-SUMMARY_FIELDS = ("id", "owner", "kind", "status", "progress", "stage", "error", "last_seq", "created_at", "updated_at")
+SUMMARY_FIELDS = (
+    "id",
+    "owner",
+    "kind",
+    "queue",
+    "worker",
+    "status",
+    "progress",
+    "stage",
+    "error",
+    "last_seq",
+    "created_at",
+    "updated_at",
+)
 
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -32,21 +45,7 @@ Listener = Callable[[str, dict[str, Any]], None]
 def summary(execution: Execution) -> dict[str, Any]:
     """What a dashboard row shows of an execution."""
     doc = execution.to_public()
-    return {
-        name: doc[name]
-        for name in (
-            "id",
-            "owner",
-            "kind",
-            "status",
-            "progress",
-            "stage",
-            "error",
-            "last_seq",
-            "created_at",
-            "updated_at",
-        )
-    }
+    return {name: doc[name] for name in SUMMARY_FIELDS}
 
 
 def sees(principal: Principal, owner: str) -> bool:
@@ -70,7 +69,7 @@ class Feed:
 
     def observe(self, execution: Execution, events: list[Any]) -> None:
         """``Core.observers`` callback: after every create and every append."""
-        row = (execution.status, execution.progress, execution.stage)
+        row = (execution.status, execution.progress, execution.stage, execution.worker)
         if events and self._shown.get(execution.id) == row:
             return
         if len(self._shown) > 10 * HISTORY:

@@ -1,19 +1,50 @@
-"""``POST /api/demo`` ``{speed?}``: start a demo execution (core/demo.py) owned by the
-caller, so the dashboard's button shows Herald working without any producer."""
+"""``POST /api/demo`` ``{speed?, demo?}``: start a demo execution owned by the caller, so
+the dashboard's buttons show Herald working.
+
+``demo`` is ``"diagnosis"`` (the default) or ``"llm"``. When a worker serves the demo's
+queue (``demo`` or ``llm``; ``make run`` starts the example workers), the demo is an
+ordinary queued execution that worker runs; otherwise the built-in simulator
+(core/demo.py) plays it, so a bare ``python server.py`` still shows a demo running.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from core.auth import Scope, require
-from core.demo import DemoSimulator
+from core.demo import DemoSimulator, worker_demo
+from core.dispatch import Dispatcher
 from core.errors import bad_request
 from core.stream import Core
 from handlers.base import ApiHandler
 
+DEMOS = ("diagnosis", "llm")
+
+
+def find_dispatcher(core: Core) -> Dispatcher | None:
+    """The Dispatcher of this Core (handlers/workers.py makes one per Core, and it
+    listens on ``core.observers``), or None when the worker routes are not mounted."""
+    for observer in core.observers:
+        owner = getattr(observer, "__self__", None)
+        if isinstance(owner, Dispatcher):
+            return owner
+    return None
+
+
+async def served(core: Core, queue: str) -> bool:
+    """Whether a worker connected to this process would take an execution of ``queue``."""
+    dispatcher = find_dispatcher(core)
+    if dispatcher is None:
+        return False
+    for view in await dispatcher.describe():
+        if view["name"] == queue:
+            return bool(view["workers"]) or view["waiting_claims"] > 0
+    return False
+
 
 class DemoHandler(ApiHandler):
-    """Creates and starts one demo execution; answers ``201`` with it."""
+    """Creates and starts one demo execution; answers ``201`` with it (its ``queue``
+    says whether a worker serves it: ``null`` means the built-in simulator)."""
 
     def initialize(self, core: Core, simulator: DemoSimulator) -> None:  # type: ignore[override]
         super().initialize(core)
@@ -22,10 +53,19 @@ class DemoHandler(ApiHandler):
     async def post(self) -> None:
         require(self.principal, Scope.EXECUTIONS_WRITE)
         body = self.json_body(optional=True)
-        speed = body.get("speed", 1) if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            raise bad_request("the body must be an object {speed?, demo?}")
+        speed = body.get("speed", 1)
         if not isinstance(speed, int | float) or isinstance(speed, bool) or not 0.1 <= speed <= 100:
             raise bad_request("speed must be a number between 0.1 and 100")
-        execution = await self.simulator.start(self.principal.sub, float(speed))
+        name = body.get("demo", "diagnosis")
+        if name not in DEMOS:
+            raise bad_request("demo must be 'diagnosis' or 'llm'")
+        plan = worker_demo(name, float(speed))
+        if await served(self.core, plan.queue):
+            execution = await self.core.create_execution(self.principal.sub, plan.kind, plan.input, plan.queue)
+        else:
+            execution = await self.simulator.start(self.principal.sub, float(speed))
         self.set_header("Location", f"/api/executions/{execution.id}")
         self.answer(201, execution.to_public())
 
