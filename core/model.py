@@ -103,6 +103,16 @@ class Execution:
             "updated_at": rfc3339(self.updated_at),
         }
 
+    def to_record(self) -> dict[str, Any]:
+        """Every field, JSON-ready and lossless (for the broker's change channel)."""
+        record = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        record["status"] = self.status.value
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Execution:
+        return cls(**{**record, "status": Status(record["status"])})
+
     def copy(self) -> Execution:
         """A shallow copy, so a store can hand out state without sharing it."""
         return Execution(**{name: getattr(self, name) for name in self.__dataclass_fields__})

@@ -25,7 +25,7 @@ from core.broker.base import Broker
 from core.codec import Encoded, batch_bytes, encode_all
 from core.errors import ErrorCode, HeraldError, StoreUnavailable, bad_request, not_found, store_unavailable
 from core.metrics import Metrics
-from core.model import Event, Execution, PublishItem, new_execution_id
+from core.model import TERMINAL_EVENTS, Event, Execution, PublishItem, new_execution_id
 from core.settings import Settings
 from core.store.base import Store
 from core.tickets import TicketBook
@@ -34,6 +34,21 @@ from core.timing import heartbeat_due
 log = logging.getLogger("herald.stream")
 
 CATCH_UP_PAGE = 1000
+#: Broker channel of execution changes (no execution id can take this name).
+CHANGES_CHANNEL = "_changes"
+#: Events that move what a dashboard row or a dispatcher cares about.
+CHANGE_EVENTS = frozenset({"status", "progress", *TERMINAL_EVENTS})
+
+
+def _event_record(event: Event) -> dict[str, Any]:
+    return {
+        "execution_id": event.execution_id,
+        "seq": event.seq,
+        "event": event.event,
+        "data": event.data,
+        "timestamp": event.timestamp,
+        "key": event.key,
+    }
 
 
 class Sink(Protocol):
@@ -379,8 +394,9 @@ class Core:
         self._timer_task: asyncio.Task | None = None
         self._prune_task: asyncio.Task | None = None
         self.draining = False
-        #: Called with (execution, events) after every append; workers and the
-        #: dashboard feed listen here.
+        #: Called with (execution, events) in every process, through the broker, when
+        #: an execution is created (events == []) or its status, progress or stage
+        #: moves (events == [the newest event]); the dispatcher and the feed listen.
         self.observers: list[Any] = []
 
     # --- life cycle -------------------------------------------------------------
@@ -389,6 +405,7 @@ class Core:
         if hasattr(self.broker, "on_resync"):
             self.broker.on_resync = self.resync
         await self.broker.start()
+        self.broker.subscribe(CHANGES_CHANNEL, self._on_changes)
         self._timer_task = asyncio.ensure_future(self._tick_forever())
         self._prune_task = asyncio.ensure_future(self._prune_forever())
 
@@ -409,8 +426,7 @@ class Core:
             id=new_execution_id(), owner=owner, kind=kind, queue=queue, input=input_, created_at=now, updated_at=now
         )
         await self._guard(self.store.create_execution(execution))
-        for observer in self.observers:
-            observer(execution, [])
+        await self._announce_change(execution, None)
         return execution
 
     async def get_execution(self, execution_id: str) -> Execution:
@@ -515,8 +531,40 @@ class Core:
             await self.broker.publish(execution.id, events)
         except Exception:  # the events are stored: subscribers catch up from the store
             log.exception("broker publish failed for %s", execution.id)
-        for observer in self.observers:
-            observer(execution, events)
+        if any(e.event in CHANGE_EVENTS for e in events):
+            await self._announce_change(execution, events[-1])
+
+    async def _announce_change(self, execution: Execution, last: Event | None) -> None:
+        """Tell the observers of every process that an execution was created or its
+        status, progress or stage moved. It goes through the broker (with Redis, to
+        all processes, this one included); tokens and logs are not changes, so a token
+        stream costs the change channel nothing."""
+        if not self.observers:
+            return
+        change = Event(
+            execution.id,
+            execution.last_seq,
+            "change",
+            {"execution": execution.to_record(), "last": None if last is None else _event_record(last)},
+            time.time(),
+        )
+        try:
+            await self.broker.publish(CHANGES_CHANNEL, [change])
+        except Exception:  # keep this process's observers informed at least
+            log.warning("broker unavailable for the change channel; local observers only")
+            self._on_changes([change])
+
+    def _on_changes(self, changes: list[Event]) -> None:
+        """Broker listener of the change channel: call observers(execution, events)."""
+        for change in changes:
+            execution = Execution.from_record(change.data["execution"])
+            last = change.data["last"]
+            events = [] if last is None else [Event(**last)]
+            for observer in self.observers:
+                try:
+                    observer(execution, events)
+                except Exception:
+                    log.exception("an execution observer failed")
 
     async def publish_server_event(self, execution_id: str, event: str, data: Any) -> list[int]:
         """Publish an event on the server's own behalf (cancel, timeouts)."""
