@@ -57,3 +57,58 @@ async def _scenario(on_a: HeraldClient, on_b: HeraldClient) -> None:
         assert got == list(range(1, 83))
     doc = await on_a.get(ex)
     assert doc["status"] == "succeeded" and doc["last_seq"] == 82
+
+
+def test_changes_cross_processes_to_workers_and_dashboards(mongo_target, redis_server) -> None:
+    """A worker on process B gets an execution created through A at once (not at the
+    next sweep), a cancel through A reaches it at once, and a dashboard feed on B
+    hears of both."""
+    args = ("--mongo-uri", mongo_target.uri, "--mongo-database", mongo_target.database, "--redis-url", redis_server.url)
+    a, b = HeraldProcess(*args), HeraldProcess(*args)
+    a.start()
+    b.start()
+    try:
+        auth = Authenticator(secret=a.secret)
+        asyncio.run(_cross_process(a, b, auth.mint("alice"), auth.mint("gpu", ["workers"])))
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def _cross_process(a: HeraldProcess, b: HeraldProcess, token: str, worker_token: str) -> None:
+    from worker import Worker, serve
+
+    started: asyncio.Queue[str] = asyncio.Queue()
+    cancelled: asyncio.Queue[str] = asyncio.Queue()
+
+    class Waits(Worker):
+        async def run(self, execution, emit):
+            await emit.progress(5, stage="waiting")
+            started.put_nowait(execution["id"])
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.put_nowait(execution["id"])
+                raise
+
+    serving = asyncio.ensure_future(serve(Waits(), b.base_url, worker_token, queue="q", name="w1"))
+    on_a, on_b = HeraldClient(a.base_url, token), HeraldClient(b.base_url, token)
+    try:
+        snapshot = await on_b.request("GET", "/api/executions/feed")
+        await asyncio.sleep(0.5)  # the worker connects
+        ex = (await on_a.create("diagnosis", queue="q"))["id"]
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await asyncio.wait_for(started.get(), 5) == ex
+        assert loop.time() - t0 < 0.9, "dispatched by the change channel, not the 1-second sweep"
+        t1 = loop.time()
+        await on_a.cancel(ex, "user")
+        assert await asyncio.wait_for(cancelled.get(), 5) == ex
+        assert loop.time() - t1 < 0.9
+        changes = await on_b.request("GET", "/api/executions/feed", since=snapshot["version"], wait=5)
+        seen = {(row["id"], row["status"]) for row in changes["executions"]}
+        assert (ex, "pending") in seen or (ex, "running") in seen
+        doc = await on_b.get(ex)
+        assert doc["status"] == "cancelled"
+    finally:
+        serving.cancel()
