@@ -89,14 +89,15 @@ def pinned(cpu: str, argv: list[str]) -> list[str]:
     return argv
 
 
-def cpu_s(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, from /proc/PID/stat."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             st = f.read()
         fields = st[st.rfind(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
+        return int(fields[11]) / TICK, int(fields[12]) / TICK
     except (OSError, IndexError):
-        return 0.0
+        return 0.0, 0.0
 
 
 def rss_kb(pid: int) -> int:
@@ -264,7 +265,7 @@ async def phase(server: Server, pub: Publisher, workers: list[Worker], live: int
     """Publish ``nmsgs`` at ``rate`` msg/s (None: flat out), then wait until every live
     subscriber has them or nothing more arrives."""
     s0 = await snap(workers)
-    scpu0, busy0 = cpu_s(server.pid), core0_busy()
+    (user0, sys0), busy0 = cpu_split(server.pid), core0_busy()
     t0 = now_us()
     deadline = time.monotonic() + (nmsgs / rate * 1.5 + 5 if rate else BURST_S)
     sent = 0
@@ -321,12 +322,12 @@ async def phase(server: Server, pub: Publisher, workers: list[Worker], live: int
             break
         await asyncio.sleep(0.05)
     s1 = await snap(workers)
-    scpu1, busy1 = cpu_s(server.pid), core0_busy()
+    (user1, sys1), busy1 = cpu_split(server.pid), core0_busy()
     wall = (now_us() - t0) / 1e6
     lats = await latencies(workers, t0)
     delivered = s1["count"] - s0["count"]
     span = max(s1["last"] - t0, 1) / 1e6
-    srv = scpu1 - scpu0
+    srv = (user1 - user0) + (sys1 - sys0)
     cli = s1["cpu"] - s0["cpu"]
     return {
         "msgs": sent,
@@ -340,6 +341,7 @@ async def phase(server: Server, pub: Publisher, workers: list[Worker], live: int
         "server_cpu_pct": round(100 * srv / span),
         "client_cpu_pct": round(100 * cli / span),
         "server_s_per_M": round(srv / delivered * 1e6, 2) if delivered else None,
+        "server_sys_pct_of_cpu": round(100 * (sys1 - sys0) / srv) if srv else None,
         "other_core0_pct": round(100 * ((busy1 - busy0) - srv) / wall),
         "pub_errors": pub.errors,
     }
@@ -381,7 +383,8 @@ async def run_test(args, name: str, kind: str, n: int) -> dict:
                 f"  {name} {kind}:{n} rep{r + 1}: fixed p50 {fixed['p50_ms']} p99 {fixed['p99_ms']} ms"
                 f" loss {fixed['loss_pct']}% | flat out {burst['deliv_per_s']:,}/s p99 {burst['p99_ms']} ms"
                 f" loss {burst['loss_pct']}% srv {burst['server_cpu_pct']}% cli {burst['client_cpu_pct']}%"
-                f" {burst['server_s_per_M']} s/M other {burst['other_core0_pct']}%",
+                f" {burst['server_s_per_M']} s/M (kernel {burst['server_sys_pct_of_cpu']}%)"
+                f" other {burst['other_core0_pct']}%",
                 flush=True,
             )
         rec["closed_during"] = (await snap(workers))["closed"]
@@ -418,13 +421,13 @@ def table(recs: list[dict]) -> str:
     lines = [
         "| server | test | open/live | KB/conn idle | 20 ev/s p50 / p99 ms | flat-out deliveries/s "
         "| flat-out p50 / p99 ms | loss % | server / client CPU % | server CPU s per 1M deliveries "
-        "| deliveries per server CPU-s | other load core 0 % |",
-        "|" + "---|" * 12,
+        "| deliveries per server CPU-s | server CPU in kernel % | other load core 0 % |",
+        "|" + "---|" * 13,
     ]
     for r in recs:
         t = f"{r['kind']}:{r['n']}"
         if not r.get("reps"):
-            lines.append(f"| {r['server']} | {t} | {r.get('open', '–')} | {r.get('error', '?')} |" + " |" * 8)
+            lines.append(f"| {r['server']} | {t} | {r.get('open', '–')} | {r.get('error', '?')} |" + " |" * 9)
             continue
         lines.append(
             f"| {r['server']} | {t} | {r['open']}/{r['live']} | {r['kb_per_conn']} "
@@ -434,7 +437,7 @@ def table(recs: list[dict]) -> str:
             f"| {fmt(med(r, 'burst', 'loss_pct'))} "
             f"| {fmt(med(r, 'burst', 'server_cpu_pct'))} / {fmt(med(r, 'burst', 'client_cpu_pct'))} "
             f"| {fmt(med(r, 'burst', 'server_s_per_M'))} | {fmt(per_cpu_s(r))} "
-            f"| {fmt(med(r, 'burst', 'other_core0_pct'))} |"
+            f"| {fmt(med(r, 'burst', 'server_sys_pct_of_cpu'))} | {fmt(med(r, 'burst', 'other_core0_pct'))} |"
         )
     by = {(r["server"], r["kind"], r["n"]): r for r in recs}
     ratios = []

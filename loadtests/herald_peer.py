@@ -88,6 +88,12 @@ async def run(port: int, options: list[str]) -> None:
 
 
 def main() -> None:
+    if os.environ.get("HERALD_BENCH_NAGLE") == "1":
+        # Experiment only (docs/performance.md): keep Nagle on, as before the
+        # transports set TCP_NODELAY, to measure what one packet per delivery costs.
+        from tornado.iostream import IOStream
+
+        IOStream.set_nodelay = lambda self, value: None  # type: ignore[method-assign]
     if sys.argv[1:2] == ["--token"]:
         print(bench_token())
         return
