@@ -118,6 +118,11 @@ class Execution:
         return Execution(**{name: getattr(self, name) for name in self.__dataclass_fields__})
 
 
+#: Document fields the event log owns. A server-side replace of a document read
+#: before an append leaves them alone, so a racing publish is never undone.
+LOG_FIELDS = frozenset({"status", "progress", "stage", "result", "error", "last_seq", "updated_at", "last_event_at"})
+
+
 @dataclass(slots=True, frozen=True)
 class Event:
     """One stored event of an execution's stream."""

@@ -42,7 +42,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from core.errors import StoreUnavailable, not_found
-from core.model import AppendPlan, Event, Execution, PublishItem, Status, plan_append
+from core.model import LOG_FIELDS, AppendPlan, Event, Execution, PublishItem, Status, plan_append
 
 log = logging.getLogger("herald.store.mongo")
 
@@ -52,9 +52,6 @@ T = TypeVar("T")
 STALE_AFTER = 3.0
 #: Seconds an append keeps retrying against concurrent writers before answering 503.
 APPEND_DEADLINE = 15.0
-#: Document fields the event log owns; ``replace_execution`` leaves them alone when
-#: events were appended since the caller read the document.
-LOG_FIELDS = ("status", "progress", "stage", "result", "error", "last_seq", "updated_at", "last_event_at")
 
 _json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
