@@ -1,7 +1,7 @@
 """The dashboard feed, ``/api/executions/feed``, over the same three transports as an
 execution's stream and routed the same way (Upgrade → WebSocket, ``Accept:
 text/event-stream`` → SSE, anything else → JSON long-poll). Wire format:
-docs/protocol-feed.md; the state it serves: core/feed.py.
+docs/protocol.md ("The dashboard feed"); the state it serves: core/feed.py.
 
 Every connection starts with a ``snapshot`` and continues with one ``execution``
 message per change, so the feed needs no cursor: a reconnecting client simply gets a

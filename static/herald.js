@@ -2,7 +2,7 @@
 // over whichever transport the network allows, and never loses or repeats an event.
 //
 // Plain ES module, no build step. Wire contract: PROTOCOL.md sections 2, 3 and 5;
-// feed format: docs/protocol-feed.md.
+// feed format: docs/protocol.md ("The dashboard feed").
 //
 //   import { Herald } from "/static/herald.js";
 //   const handle = Herald.follow(id, { token, onEvent, onState, onTokenExpired });
