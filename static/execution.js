@@ -89,12 +89,17 @@ function logRow(event) {
 function onEvent(event) {
   logRow(event);
   const d = event.data || {};
+  if (event.event === "status") runnerKnown = false; // handed out again, or ended
+  if (!$("runner").hidden && !runnerKnown) refreshRunner();
   switch (event.event) {
     case "status":
       setStatus(d.status);
       break;
     case "progress":
       setProgress(d.progress, d.stage, d.status_text);
+      break;
+    case "result":
+      finding(d);
       break;
     case "token":
       $("stream-empty").hidden = true;
@@ -107,10 +112,17 @@ function onEvent(event) {
       phase("done");
       const r = d.result;
       const parts = [para("Finished successfully.", "lead")];
-      if (r && typeof r === "object" && r.answer) {
-        if (!$("stream-text").textContent) $("stream-text").textContent = r.answer;
+      if (r && typeof r === "object" && (r.answer || r.text)) {
+        if (!$("stream-text").textContent) {
+          $("stream-empty").hidden = true;
+          $("stream-text").textContent = r.answer || r.text;
+        }
         if (r.root_cause) parts.push(para("Root cause: " + r.root_cause));
         if (r.confidence !== undefined) parts.push(para(`Confidence: ${Math.round(r.confidence * 100)}%`));
+        if (r.tokens !== undefined) parts.push(para(`${r.tokens} tokens streamed.`, "muted"));
+      } else if (r && typeof r === "object" && r.summary) {
+        parts[0] = para(r.summary + ".", "lead");
+        for (const [name, text] of Object.entries(r.findings || {})) parts.push(para(`${name}: ${text}`));
       } else if (r !== undefined && r !== null) {
         const pre = document.createElement("pre");
         pre.textContent = JSON.stringify(r, null, 2);
@@ -133,8 +145,58 @@ function onEvent(event) {
   }
 }
 
+/** A partial result (a finding) as it arrives; for executions that stream no text
+ * the answer box says what it waits for instead. */
+function finding(d) {
+  if (d && d.partial && d.summary) return; // the simulator's early summary: the answer shows it
+  const li = document.createElement("li");
+  li.textContent = d && d.finding ? `${d.stage ? d.stage + ": " : ""}${d.finding}` : JSON.stringify(d);
+  $("findings").hidden = false;
+  $("findings").append(li);
+  if (!$("stream-text").textContent) $("stream-empty").hidden = true;
+}
+
+// Which worker runs it: the document says (`worker`); refreshed when the execution is
+// handed out or given back, which the stream shows as its first events or a status.
+let runnerKnown = false;
+let runnerAsked = 0;
+
+function showRunner(ex) {
+  if (!ex.queue) return;
+  $("runner").hidden = false;
+  $("queue").textContent = "queue " + ex.queue;
+  $("worker").textContent = ex.worker || "no worker yet";
+  $("worker").dataset.worker = ex.worker || "";
+  runnerKnown = Boolean(ex.worker);
+}
+
+let runnerRetry = null;
+
+async function refreshRunner() {
+  if (runnerKnown || runnerRetry) return;
+  const wait = runnerAsked + 1000 - Date.now(); // at most one request a second
+  if (wait > 0) {
+    runnerRetry = setTimeout(() => {
+      runnerRetry = null;
+      refreshRunner();
+    }, wait);
+    return;
+  }
+  runnerAsked = Date.now();
+  try {
+    showRunner(await Herald.api(token, "GET", `/api/executions/${id}`));
+  } catch {
+    /* the stream still shows everything else */
+  }
+}
+
 function showDocument(ex) {
   created = ex.created_at;
+  showRunner(ex);
+  if (ex.kind !== "chat") {
+    $("answer-title").textContent = "Results";
+    $("stream-empty").textContent = "Findings appear here as the worker reports them.";
+  }
   $("kind").textContent = ex.kind;
   $("created").textContent = new Date(ex.created_at).toLocaleString();
   setStatus(ex.status);
