@@ -47,9 +47,12 @@ class LlmWorker(Worker):
         count = int(params.get("tokens", 400))
         rate = float(params.get("tokens_per_second", 200))
         answer = []
-        for text in generate(prompt, count):
+        step = max(1, count // 10)  # a progress event every tenth of the answer, for dashboards
+        for i, text in enumerate(generate(prompt, count)):
             await emit.token(text)
             answer.append(text)
+            if (i + 1) % step == 0 and i + 1 < count:
+                await emit.progress(round(100 * (i + 1) / count), stage="writing")
             if rate > 0:
                 await asyncio.sleep(1 / rate)
         return {"text": "".join(answer), "tokens": count}

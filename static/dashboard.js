@@ -118,7 +118,7 @@ async function pollQueues() {
     const { queues } = await Herald.api(token, "GET", "/api/queues");
     renderQueues(queues);
     const workers = queues.reduce((n, q) => n + q.workers.length, 0);
-    badgeEl.textContent = `${workers} worker${workers === 1 ? "" : "s"} · every ${Math.round(QUEUES_EVERY / 1000)}s`;
+    badgeEl.textContent = `${workers} worker${workers === 1 ? "" : "s"} · every ${+(QUEUES_EVERY / 1000).toFixed(1)}s`;
     badgeEl.dataset.state = "open";
   } catch (err) {
     badgeEl.textContent = "unavailable";
