@@ -64,7 +64,7 @@ class BrowserHerald:
         return self.api("POST", f"/api/executions/{execution_id}/events", items, token)["seq"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # sync Playwright holds a running event loop: end it with the module
 def chromium() -> Iterator[Any]:
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (scripts/test-services.sh installs it)")
