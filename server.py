@@ -24,6 +24,7 @@ from tornado.httpserver import HTTPServer
 
 from core.auth import ALL_SCOPES, Authenticator
 from core.broker.base import Broker
+from core.dispatch import Dispatcher
 from core.settings import Secret, Settings
 from core.store.base import Store
 from core.stream import Core
@@ -180,10 +181,11 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web.Application:
     """The Tornado application: API routes, one stream URL with a rule per transport."""
     c = {"core": core}
+    dispatcher = Dispatcher(core)
     handlers: list[Any] = [
         *feed.routes(core),  # before /api/executions/ID, which "feed" would match
-        *demo.routes(core),
-        *workers.routes(core),
+        *demo.routes(core, dispatcher),
+        *workers.routes(core, dispatcher),
         (r"/api/negotiate", NegotiateHandler, c),
         (r"/healthz", HealthHandler, c),
         (r"/readyz", ReadyHandler, c),

@@ -21,19 +21,8 @@ from handlers.base import ApiHandler
 DEMOS = ("diagnosis", "llm")
 
 
-def find_dispatcher(core: Core) -> Dispatcher | None:
-    """The Dispatcher of this Core (handlers/workers.py makes one per Core, and it
-    listens on ``core.observers``), or None when the worker routes are not mounted."""
-    for observer in core.observers:
-        owner = getattr(observer, "__self__", None)
-        if isinstance(owner, Dispatcher):
-            return owner
-    return None
-
-
-async def served(core: Core, queue: str) -> bool:
+async def served(dispatcher: Dispatcher | None, queue: str) -> bool:
     """Whether a worker connected to this process would take an execution of ``queue``."""
-    dispatcher = find_dispatcher(core)
     if dispatcher is None:
         return False
     for view in await dispatcher.describe():
@@ -46,9 +35,12 @@ class DemoHandler(ApiHandler):
     """Creates and starts one demo execution; answers ``201`` with it (its ``queue``
     says whether a worker serves it: ``null`` means the built-in simulator)."""
 
-    def initialize(self, core: Core, simulator: DemoSimulator) -> None:  # type: ignore[override]
+    def initialize(  # type: ignore[override]
+        self, core: Core, simulator: DemoSimulator, dispatcher: Dispatcher | None
+    ) -> None:
         super().initialize(core)
         self.simulator = simulator
+        self.dispatcher = dispatcher
 
     async def post(self) -> None:
         require(self.principal, Scope.EXECUTIONS_WRITE)
@@ -62,7 +54,7 @@ class DemoHandler(ApiHandler):
         if name not in DEMOS:
             raise bad_request("demo must be 'diagnosis' or 'llm'")
         plan = worker_demo(name, float(speed))
-        if await served(self.core, plan.queue):
+        if await served(self.dispatcher, plan.queue):
             execution = await self.core.create_execution(self.principal.sub, plan.kind, plan.input, plan.queue)
         else:
             execution = await self.simulator.start(self.principal.sub, float(speed))
@@ -70,5 +62,7 @@ class DemoHandler(ApiHandler):
         self.answer(201, execution.to_public())
 
 
-def routes(core: Core) -> list[tuple[str, Any, dict[str, Any]]]:
-    return [(r"/api/demo", DemoHandler, {"core": core, "simulator": DemoSimulator(core)})]
+def routes(core: Core, dispatcher: Dispatcher | None) -> list[tuple[str, Any, dict[str, Any]]]:
+    """``/api/demo``; with a dispatcher, demos go to connected example workers."""
+    deps = {"core": core, "simulator": DemoSimulator(core), "dispatcher": dispatcher}
+    return [(r"/api/demo", DemoHandler, deps)]

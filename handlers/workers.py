@@ -300,9 +300,8 @@ class QueuesHandler(ApiHandler):
         self.answer(200, {"queues": await self.dispatcher.describe()})
 
 
-def routes(core: Core) -> list[Any]:
+def routes(core: Core, dispatcher: Dispatcher) -> list[Any]:
     """The worker routes, for ``server.make_app``; one Dispatcher per Core."""
-    dispatcher = Dispatcher(core)
     deps = {"core": core, "dispatcher": dispatcher}
     return [
         (r"/api/workers/connect", WorkerSocket, deps),
