@@ -34,6 +34,8 @@ from core.timing import heartbeat_due
 log = logging.getLogger("herald.stream")
 
 CATCH_UP_PAGE = 1000
+#: Longest a hub holds live events after a slow fan-out (see ``Hub``), seconds.
+MAX_HOLD = 0.025
 #: Broker channel of execution changes (no execution id can take this name).
 CHANGES_CHANNEL = "_changes"
 #: Events that move what a dashboard row or a dispatcher cares about.
@@ -245,6 +247,13 @@ class Hub:
     The first batch after a quiet period is written at once; batches that follow
     within ``window`` seconds are gathered and written together when it closes. So a
     lone token is never delayed, and a burst costs one write per window per subscriber.
+
+    Under load the window stretches: after a fan-out that took ``T`` > ``window`` (many
+    subscribers), what arrives in the next ``min(T, MAX_HOLD)`` is gathered too. The
+    last subscriber of that fan-out already waited ``T``; holding the next batch as
+    long at most doubles it, while every subscriber gets one write (one packet, one
+    system call) for several events instead of one per event — without it a fan-out
+    slower than the publish rate queues without bound.
     """
 
     __slots__ = ("core", "execution_id", "subs", "_pending", "_timer", "_window_until")
@@ -273,10 +282,8 @@ class Hub:
             self._fan_out(batch)
             return
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._timer is None and now >= self._window_until:
-            self._window_until = now + window
-            self._fan_out(batch)
+        if self._timer is None and loop.time() >= self._window_until:
+            self._write(loop, batch, window)
             return
         self._pending.extend(batch)
         if self._timer is None:
@@ -286,8 +293,16 @@ class Hub:
         self._timer = None
         batch, self._pending = self._pending, []
         if batch:
-            self._window_until = asyncio.get_running_loop().time() + self.core.coalesce_window
-            self._fan_out(batch)
+            self._write(asyncio.get_running_loop(), batch, self.core.coalesce_window)
+
+    def _write(self, loop: asyncio.AbstractEventLoop, batch: list[Encoded], window: float) -> None:
+        """Fan out now and open the next window (stretched after a slow fan-out)."""
+        start = loop.time()
+        self._window_until = start + window
+        self._fan_out(batch)
+        took = loop.time() - start
+        if took > window:
+            self._window_until = start + took + min(took, MAX_HOLD)
 
     def _fan_out(self, batch: list[Encoded]) -> None:
         """Hand ``batch`` to every subscriber.

@@ -83,7 +83,10 @@ async def run(port: int, options: list[str]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    server.stop()
+    server.stop()  # then as server.serve does: streams told to go away, then the Core
+    for connection in list(core.connections):
+        connection.going_away()
+    await asyncio.sleep(0.2)
     await core.stop()
 
 
