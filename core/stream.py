@@ -249,14 +249,16 @@ class Hub:
     lone token is never delayed, and a burst costs one write per window per subscriber.
 
     Under load the window stretches: after a fan-out that took ``T`` > ``window`` (many
-    subscribers), what arrives in the next ``min(T, MAX_HOLD)`` is gathered too. The
+    subscribers) and began less than ``2T`` after the one before (fan-outs back to back,
+    the hub is falling behind), what arrives in the next ``min(T, MAX_HOLD)`` is
+    gathered too. The
     last subscriber of that fan-out already waited ``T``; holding the next batch as
     long at most doubles it, while every subscriber gets one write (one packet, one
     system call) for several events instead of one per event — without it a fan-out
     slower than the publish rate queues without bound.
     """
 
-    __slots__ = ("core", "execution_id", "subs", "_pending", "_timer", "_window_until")
+    __slots__ = ("core", "execution_id", "subs", "_pending", "_timer", "_window_until", "_last_start")
 
     def __init__(self, core: Core, execution_id: str) -> None:
         self.core = core
@@ -265,6 +267,7 @@ class Hub:
         self._pending: list[Encoded] = []
         self._timer: asyncio.TimerHandle | None = None
         self._window_until = 0.0
+        self._last_start = 0.0
 
     def add(self, sub: Subscription) -> None:
         self.subs.add(sub)
@@ -298,10 +301,11 @@ class Hub:
     def _write(self, loop: asyncio.AbstractEventLoop, batch: list[Encoded], window: float) -> None:
         """Fan out now and open the next window (stretched after a slow fan-out)."""
         start = loop.time()
+        gap, self._last_start = start - self._last_start, start
         self._window_until = start + window
         self._fan_out(batch)
         took = loop.time() - start
-        if took > window:
+        if took > window and gap < 2 * took:  # fan-outs back to back: falling behind
             self._window_until = start + took + min(took, MAX_HOLD)
 
     def _fan_out(self, batch: list[Encoded]) -> None:
