@@ -248,10 +248,11 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         ready.set()
     await stop.wait()
     log.info("shutting down")
-    server.stop()
+    server.stop()  # no new connections; requests already read still get answers
     for connection in list(core.connections):
         connection.going_away()
-    await asyncio.sleep(0.2)
+    await core.drain(timeout=5.0)
+    await asyncio.sleep(0.2)  # let the last answers and close frames leave
     await core.stop()
 
 

@@ -29,6 +29,8 @@ class Scope(StrEnum):
 
 ALL_SCOPES = tuple(s.value for s in Scope)
 SYMMETRIC = ("HS256", "HS384", "HS512")
+#: Verified tokens remembered at most (cleared whole when full: a cache, not a store).
+VERIFIED_CACHE = 10_000
 ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA")
 
 
@@ -65,9 +67,27 @@ class Authenticator:
         self.algorithms = algs
         self._key: Any = secret if secret is not None else public_key
         self._secret = secret
+        self._verified: dict[str, Principal] = {}
 
     def decode(self, token: str) -> Principal:
-        """Verify ``token``; raise 401 ``unauthorized`` or ``token_expired``."""
+        """Verify ``token``; raise 401 ``unauthorized`` or ``token_expired``.
+
+        A verified token is remembered until its ``exp`` (keyed by the whole token,
+        signature included, so only that exact token hits): a long-poller presents
+        the same token every few seconds, and verifying a signature costs more than
+        the rest of a poll's bookkeeping."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.exp > time.time():
+                return cached
+            del self._verified[token]
+        principal = self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE:
+            self._verified.clear()
+        self._verified[token] = principal
+        return principal
+
+    def _verify(self, token: str) -> Principal:
         try:
             claims = jwt.decode(
                 token,

@@ -36,6 +36,8 @@ log = logging.getLogger("herald.stream")
 CATCH_UP_PAGE = 1000
 #: Longest a hub holds live events after a slow fan-out (see ``Hub``), seconds.
 MAX_HOLD = 0.025
+#: Seconds a hub without subscribers is kept for the next poll before it is dropped.
+HUB_LINGER = 1.0
 #: Broker channel of execution changes (no execution id can take this name).
 CHANGES_CHANNEL = "_changes"
 #: Events that move what a dashboard row or a dispatcher cares about.
@@ -275,7 +277,10 @@ class Hub:
     def discard(self, sub: Subscription) -> None:
         self.subs.discard(sub)
         if not self.subs:
-            self.core._drop_hub(self)
+            # Kept a moment (the shared timer drops it): a long-poller leaves and
+            # comes back with its next poll within milliseconds, and each hub costs a
+            # broker subscription (a Redis round trip) to make and to drop.
+            self.core._idle_hubs[self.execution_id] = time.monotonic()
 
     def on_events(self, events: list[Event]) -> None:
         """Broker listener: events just stored, in seq order."""
@@ -406,6 +411,9 @@ class Core:
         self.metrics = Metrics()
         self.coalesce_window = settings.coalesce_ms / 1000.0
         self._hubs: dict[str, Hub] = {}
+        #: Hubs with no subscriber, and since when (monotonic); dropped after ``hub_linger``.
+        self._idle_hubs: dict[str, float] = {}
+        self.hub_linger = HUB_LINGER
         self._queues: dict[str, _AppendQueue] = {}
         self._owners: dict[str, Execution] = {}
         self.connections: set[Connection] = set()
@@ -427,6 +435,13 @@ class Core:
         self.broker.subscribe(CHANGES_CHANNEL, self._on_changes)
         self._timer_task = asyncio.ensure_future(self._tick_forever())
         self._prune_task = asyncio.ensure_future(self._prune_forever())
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait (up to ``timeout``) for the publishes in flight to be stored and
+        answered, so a shutdown never turns an accepted publish into a 500."""
+        deadline = time.monotonic() + timeout
+        while self._queues and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
         self.draining = True
@@ -613,11 +628,21 @@ class Core:
             )
 
     def _hub(self, execution_id: str) -> Hub:
+        self._idle_hubs.pop(execution_id, None)
         hub = self._hubs.get(execution_id)
         if hub is None:
             hub = self._hubs[execution_id] = Hub(self, execution_id)
             self.broker.subscribe(execution_id, hub.on_events)
         return hub
+
+    def _drop_idle_hubs(self, mono: float) -> None:
+        for execution_id, since in list(self._idle_hubs.items()):
+            hub = self._hubs.get(execution_id)
+            if hub is None or hub.subs:
+                del self._idle_hubs[execution_id]
+            elif mono - since >= self.hub_linger:
+                del self._idle_hubs[execution_id]
+                self._drop_hub(hub)
 
     def _drop_hub(self, hub: Hub) -> None:
         if self._hubs.get(hub.execution_id) is hub:
@@ -655,6 +680,7 @@ class Core:
                 log.exception("heartbeat tick failed")
 
     def _tick(self, wall: float, mono: float) -> None:
+        self._drop_idle_hubs(mono)
         expired = [c for c in self.connections if c.expires_at <= wall]
         for connection in expired:
             connection.expire()

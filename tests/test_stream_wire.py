@@ -248,7 +248,7 @@ def test_a_client_leaving_mid_stream_releases_its_subscription_and_hub(herald_ru
         hub = h.core._hubs[ex]
         assert len(hub.subs) == 1
         leave()
-        await eventually(lambda: not h.core.connections and ex not in h.core._hubs)
+        await eventually(lambda: not h.core.connections and ex not in h.core._hubs, timeout=6)
         assert not hub.subs
         metrics = (await h.fetch("/metrics")).body.decode()
         assert f'herald_connections{{transport="{transport}"}} 0.0' in metrics
@@ -272,7 +272,7 @@ def test_a_websocket_leaving_while_another_stays_keeps_the_hub(herald_run):
         await h.publish(ex, {"event": "token", "data": {"text": "x"}})
         assert [(await read_ws(second))["seq"] for _ in range(2)] == [1, 2]
         second.close()
-        await eventually(lambda: ex not in h.core._hubs)
+        await eventually(lambda: ex not in h.core._hubs, timeout=6)
 
     herald_run(scenario)
 

@@ -59,10 +59,12 @@ class LongPollTransport(HeraldRequestHandler):
         try:
             await subscription.start(execution)
             if wait and not self._answered.done():
+                # A timer resolves the same future: no task per held poll.
+                timer = asyncio.get_running_loop().call_later(wait, self._answer)
                 try:
-                    await asyncio.wait_for(asyncio.shield(self._answered), wait)
-                except TimeoutError:
-                    pass
+                    await self._answered
+                finally:
+                    timer.cancel()
         finally:
             subscription.close()
             self.core.release(self)
