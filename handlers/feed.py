@@ -11,21 +11,18 @@ fresh snapshot. Long-poll clients pass the ``version`` they hold instead.
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from typing import Any
 
-import tornado.websocket
 from tornado.iostream import StreamClosedError
 from tornado.routing import Rule
 
-from core.auth import PROTOCOL_NAME, Principal, Scope, require
-from core.closecodes import CloseCode
+from core.auth import Principal, Scope, require
 from core.codec import control, dumps, sse_control
-from core.errors import ErrorCode, HeraldError, bad_request, forbidden
+from core.errors import ErrorCode, HeraldError
 from core.feed import SNAPSHOT_SIZE, Feed
 from core.stream import Core
 from transports.base import HeraldRequestHandler, RequestMatches, wants_event_stream, wants_websocket
+from transports.herald_socket import HeraldSocket
 
 FEED_PATH = r"/api/executions/feed"
 SSE_PADDING = b":" + b" " * 2048 + b"\n\n"
@@ -65,110 +62,32 @@ class _Buffered:
             self.send(change(version, entry))
 
 
-class FeedWebSocket(tornado.websocket.WebSocketHandler):
-    """The feed over a WebSocket: JWT in the subprotocol list, in-band ``auth`` refresh."""
+class FeedWebSocket(HeraldSocket):
+    """The feed over a WebSocket: JWT in the subprotocol list, in-band ``auth`` refresh
+    (both from HeraldSocket, like an execution's stream)."""
 
-    transport = "websocket"
-
-    def initialize(self, core: Core, feed: Feed) -> None:
-        self.core = core
+    def initialize(self, core: Core, feed: Feed) -> None:  # type: ignore[override]
+        super().initialize(core)
         self.feed = feed
-        self.expires_at = float("inf")
-        self.principal: Principal | None = None
-        self._offered: list[str] = []
-        self._last_heard = time.monotonic()
         self._listener: _Buffered | None = None
-        self._admitted = False
-
-    credentials = HeraldRequestHandler.credentials
-    authenticate = HeraldRequestHandler.authenticate
-
-    def check_origin(self, origin: str) -> bool:
-        return True  # bearer credentials are not ambient; see transports/websocket.py
-
-    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
-        self._offered = subprotocols
-        return PROTOCOL_NAME if PROTOCOL_NAME in subprotocols else None
 
     async def open(self) -> None:  # type: ignore[override]
         try:
-            creds = self.credentials(self._offered)
-            if creds is not None and creds.kind == "cookie":
-                if not super().check_origin(self.request.headers.get("Origin", "")):
-                    raise forbidden("a cookie-authenticated WebSocket must come from this origin")
-            self.principal = self.authenticate(self._offered)
-            require(self.principal, Scope.EXECUTIONS_READ)
-            if not self.core.admit(self):
-                raise HeraldError(ErrorCode.TOO_MANY_CONNECTIONS, 429, "too many connections")
-            self._admitted = True
-            self.expires_at = self.principal.exp
-            self._send(control("ready", transport=self.transport))
-            self._listener = _Buffered(self._send)
-            self.feed.listen(self.principal, self._listener)
-            self._send(await snapshot(self.core, self.feed, self.principal))
+            principal = self.sign_in()
+            require(principal, Scope.EXECUTIONS_READ)
+            self.admit()
+            self.send_control(control("ready", transport=self.transport))
+            self._listener = _Buffered(self.send_control)
+            self.feed.listen(principal, self._listener)
+            self.send_control(await snapshot(self.core, self.feed, principal))
             self._listener.release()
         except HeraldError as exc:
-            self._refuse(exc)
-
-    def _send(self, message: dict[str, Any]) -> None:
-        if self.ws_connection is None or self.ws_connection.is_closing():
-            return
-        try:
-            self.write_message(dumps(message))
-        except tornado.websocket.WebSocketClosedError:
-            pass
-
-    def _refuse(self, exc: HeraldError) -> None:
-        reason = "token_expired" if exc.code is ErrorCode.TOKEN_EXPIRED else exc.code.value
-        self._send(control("error", code=exc.code.value, message=exc.message))
-        self.close(CloseCode.for_status(exc.status), reason)
-
-    def heartbeat(self, now: float) -> None:
-        if now - self._last_heard > 3 * self.core.settings.heartbeat:
-            self.close(CloseCode.GOING_AWAY, "heartbeat_timeout")
-            return
-        try:
-            self.ping()
-        except tornado.websocket.WebSocketClosedError:
-            pass
-
-    def expire(self) -> None:
-        self._send(control("error", code="token_expired", message="the token has expired"))
-        self.close(CloseCode.UNAUTHORIZED, "token_expired")
-
-    def on_pong(self, data: bytes) -> None:
-        self._last_heard = time.monotonic()
-
-    def on_message(self, message: str | bytes) -> None:
-        self._last_heard = time.monotonic()
-        try:
-            op = json.loads(message)
-            name = op.get("op") if isinstance(op, dict) else None
-            if name == "ping":
-                self._send(control("pong"))
-            elif name == "auth":
-                token = op.get("token")
-                if not isinstance(token, str) or not token:
-                    raise bad_request("auth needs a 'token'")
-                fresh = self.core.auth.decode(token)
-                if self.principal is None or fresh.sub != self.principal.sub:
-                    raise forbidden("a refreshed token must have the same sub")
-                self.principal = fresh
-                self.expires_at = fresh.exp
-                self._send(control("auth_ok", exp=int(fresh.exp)))
-            else:
-                raise bad_request("messages must be objects with an 'op' of ping or auth")
-        except ValueError:
-            self._refuse(bad_request("messages must be JSON", ErrorCode.BAD_JSON))
-        except HeraldError as exc:
-            self._refuse(exc)
+            self.refuse(exc)
 
     def on_close(self) -> None:
         if self._listener is not None:
             self.feed.forget(self._listener)
-        if self._admitted:
-            self.core.release(self)
-            self._admitted = False
+        super().on_close()
 
 
 class FeedSse(HeraldRequestHandler):

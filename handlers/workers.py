@@ -18,7 +18,6 @@ execution: a burst of token frames costs one store append, not one per token.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -26,15 +25,14 @@ from typing import Any
 import tornado.web
 import tornado.websocket
 
-from core.auth import PROTOCOL_NAME, Principal, Scope, require
-from core.closecodes import CloseCode
-from core.codec import control, dumps
+from core.auth import Scope, require
+from core.codec import control
 from core.dispatch import Dispatcher
-from core.errors import ErrorCode, HeraldError, bad_request, forbidden
+from core.errors import ErrorCode, HeraldError, bad_request
 from core.model import QUEUE_NAME, TERMINAL_EVENTS, Execution, PublishItem, validate_item
 from core.stream import Core
 from handlers.base import ApiHandler
-from transports.base import HeraldRequestHandler
+from transports.herald_socket import HeraldSocket
 
 log = logging.getLogger("herald.workers")
 MAX_CAPACITY = 1000
@@ -51,17 +49,17 @@ def _queue_and_name(handler: tornado.web.RequestHandler, default_name: str | Non
     return queue, name
 
 
-class WorkerSocket(tornado.websocket.WebSocketHandler):
+class WorkerSocket(HeraldSocket):
     """One connected worker: a ``WorkerLink`` for the dispatcher, a ``Connection``
     for the Core's shared heartbeat timer."""
 
     transport = "worker"
+    cookie_allowed = False  # workers authenticate with a bearer token, never a cookie
+    refresh_scope = Scope.WORKERS
 
-    def initialize(self, core: Core, dispatcher: Dispatcher) -> None:
-        self.core = core
+    def initialize(self, core: Core, dispatcher: Dispatcher) -> None:  # type: ignore[override]
+        super().initialize(core)
         self.dispatcher = dispatcher
-        self.expires_at = float("inf")
-        self.principal: Principal | None = None
         self.queue = ""
         self.name = ""
         self.since = time.time()
@@ -69,42 +67,19 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
         self.held: set[str] = set()
         self.finishing: set[str] = set()
         self.last_assigned = 0.0
-        self._offered: list[str] = []
-        self._last_heard = time.monotonic()
-        self._admitted = False
         self._connected = False
         self._outbox: dict[str, list[PublishItem]] = {}
         self._flushing: asyncio.Task | None = None
 
-    credentials = HeraldRequestHandler.credentials
-    authenticate = HeraldRequestHandler.authenticate
-
-    def check_origin(self, origin: str) -> bool:
-        return True  # workers authenticate with a bearer token, never a cookie
-
-    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
-        self._offered = subprotocols
-        return PROTOCOL_NAME if PROTOCOL_NAME in subprotocols else None
-
-    def get_compression_options(self) -> dict[str, Any] | None:
-        return None
-
     def open(self) -> None:  # type: ignore[override]
         try:
-            creds = self.credentials(self._offered)
-            if creds is not None and creds.kind == "cookie":
-                raise forbidden("workers authenticate with a bearer token, not a cookie")
-            self.principal = self.authenticate(self._offered)
-            require(self.principal, Scope.WORKERS)
+            principal = self.sign_in()
+            require(principal, Scope.WORKERS)
             self.queue, self.name = _queue_and_name(self)
-            if not self.core.admit(self):
-                raise HeraldError(ErrorCode.TOO_MANY_CONNECTIONS, 429, "too many connections")
-            self._admitted = True
-            self.expires_at = self.principal.exp
+            self.admit()
             self.dispatcher.connect(self)
             self._connected = True
-            self.set_nodelay(True)  # small frames (execute, cancel, ack) must not wait for Nagle
-            self._send(
+            self.send_control(
                 control(
                     "ready",
                     transport="worker",
@@ -114,68 +89,34 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
                 )
             )
         except HeraldError as exc:
-            self._refuse(exc)
+            self.refuse(exc)
 
     # --- WorkerLink -----------------------------------------------------------------------
     def execute(self, execution: Execution) -> bool:
-        return self._send({"op": "execute", "execution": execution.to_public()})
+        return self.send_control({"op": "execute", "execution": execution.to_public()})
 
     def cancel(self, execution_id: str, reason: str) -> None:
-        self._send({"op": "cancel", "execution_id": execution_id, "reason": reason})
-
-    # --- Connection (shared timer) --------------------------------------------------------
-    def heartbeat(self, now: float) -> None:
-        if now - self._last_heard > 3 * self.core.settings.heartbeat:
-            self.close(CloseCode.GOING_AWAY, "heartbeat_timeout")
-            return
-        try:
-            self.ping()
-        except tornado.websocket.WebSocketClosedError:
-            pass
-
-    def expire(self) -> None:
-        self._send(control("error", code="token_expired", message="the token has expired"))
-        self.close(CloseCode.UNAUTHORIZED, "token_expired")
-
-    def going_away(self) -> None:
-        self.close(CloseCode.GOING_AWAY, "server_shutdown")
-
-    def on_pong(self, data: bytes) -> None:
-        self._last_heard = time.monotonic()
-
-    def on_ping(self, data: bytes) -> None:
-        self._last_heard = time.monotonic()
+        self.send_control({"op": "cancel", "execution_id": execution_id, "reason": reason})
 
     # --- worker messages ------------------------------------------------------------------
     def on_message(self, message: str | bytes) -> None:
-        self._last_heard = time.monotonic()
-        if not self._connected:
-            return
-        try:
-            op = json.loads(message)
-        except ValueError:
-            self._refuse(bad_request("messages must be JSON", ErrorCode.BAD_JSON))
-            return
-        if not isinstance(op, dict) or not isinstance(op.get("op"), str):
-            self._refuse(bad_request("messages must be objects with an 'op'"))
-            return
-        name = op["op"]
-        try:
-            if name == "event":
-                self._take_event(op)
-            elif name == "ready":
-                capacity = op.get("capacity", 1)
-                if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= MAX_CAPACITY:
-                    raise bad_request(f"capacity must be an integer from 1 to {MAX_CAPACITY}")
-                self.dispatcher.set_capacity(self, capacity)
-            elif name == "ping":
-                self._send(control("pong"))
-            elif name == "auth":
-                self._refresh(op.get("token"))
-            else:
-                raise bad_request(f"unknown op '{name}'")
-        except HeraldError as exc:
-            self._report(exc, op.get("execution_id"))
+        if self._connected:
+            super().on_message(message)
+
+    def on_op(self, name: str, op: dict[str, Any]) -> None:
+        if name == "event":
+            self._take_event(op)
+        elif name == "ready":
+            capacity = op.get("capacity", 1)
+            if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= MAX_CAPACITY:
+                raise bad_request(f"capacity must be an integer from 1 to {MAX_CAPACITY}")
+            self.dispatcher.set_capacity(self, capacity)
+        else:
+            raise bad_request(f"unknown op '{name}'")
+
+    def on_refused_op(self, exc: HeraldError, op: dict[str, Any]) -> None:
+        """A refused message: say so, keep the connection (its other executions go on)."""
+        self._report(exc, op.get("execution_id"))
 
     def _take_event(self, op: dict[str, Any]) -> None:
         """Validate like ``POST .../events`` and queue it for this turn's publish."""
@@ -220,43 +161,16 @@ class WorkerSocket(tornado.websocket.WebSocketHandler):
             log.exception("publishing a worker's events failed")
             self._report(HeraldError(ErrorCode.INTERNAL, 500, "internal error"), execution_id)
             return
-        self._send(control("ack", execution_id=execution_id, seq=seqs[-1]))
-
-    def _refresh(self, token: Any) -> None:
-        if not isinstance(token, str) or not token:
-            raise bad_request("auth needs a 'token'")
-        fresh = self.core.auth.decode(token)
-        if self.principal is None or fresh.sub != self.principal.sub:
-            raise forbidden("a refreshed token must have the same sub")
-        require(fresh, Scope.WORKERS)
-        self.principal = fresh
-        self.expires_at = fresh.exp
-        self._send(control("auth_ok", exp=int(fresh.exp)))
+        self.send_control(control("ack", execution_id=execution_id, seq=seqs[-1]))
 
     # --- sending and closing --------------------------------------------------------------
-    def _send(self, message: dict[str, Any]) -> bool:
-        if self.ws_connection is None or self.ws_connection.is_closing():
-            return False
-        try:
-            self.write_message(dumps(message))
-        except tornado.websocket.WebSocketClosedError:
-            return False
-        return True
-
     def _report(self, exc: HeraldError, execution_id: Any = None) -> None:
         """A refused message: say so, keep the connection."""
         extra = {"execution_id": execution_id} if isinstance(execution_id, str) else {}
-        self._send(control("error", code=exc.code.value, message=exc.message, **extra))
-
-    def _refuse(self, exc: HeraldError) -> None:
-        reason = "token_expired" if exc.code is ErrorCode.TOKEN_EXPIRED else exc.code.value
-        self._send(control("error", code=exc.code.value, message=exc.message))
-        self.close(CloseCode.for_status(exc.status), reason)
+        self.send_control(control("error", code=exc.code.value, message=exc.message, **extra))
 
     def on_close(self) -> None:
-        if self._admitted:
-            self.core.release(self)
-            self._admitted = False
+        super().on_close()
         if self._connected:
             self._connected = False
             asyncio.ensure_future(self._gone())
