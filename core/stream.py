@@ -16,6 +16,7 @@ transport. A transport is a ``Sink``: it only frames and writes what it is given
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any, Protocol
@@ -42,17 +43,6 @@ HUB_LINGER = 1.0
 CHANGES_CHANNEL = "_changes"
 #: Events that move what a dashboard row or a dispatcher cares about.
 CHANGE_EVENTS = frozenset({"status", "progress", *TERMINAL_EVENTS})
-
-
-def _event_record(event: Event) -> dict[str, Any]:
-    return {
-        "execution_id": event.execution_id,
-        "seq": event.seq,
-        "event": event.event,
-        "data": event.data,
-        "timestamp": event.timestamp,
-        "key": event.key,
-    }
 
 
 class Sink(Protocol):
@@ -579,7 +569,7 @@ class Core:
             execution.id,
             execution.last_seq,
             "change",
-            {"execution": execution.to_record(), "last": None if last is None else _event_record(last)},
+            {"execution": execution.to_record(), "last": None if last is None else dataclasses.asdict(last)},
             time.time(),
         )
         try:
