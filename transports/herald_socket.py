@@ -24,7 +24,7 @@ from core.closecodes import CloseCode
 from core.codec import control, dumps
 from core.errors import ErrorCode, HeraldError, bad_request, forbidden
 from core.stream import Core
-from transports.base import HeraldRequestHandler
+from transports.base import HeraldRequestHandler, shed_handshake
 
 
 class HeraldSocket(tornado.websocket.WebSocketHandler):
@@ -92,6 +92,7 @@ class HeraldSocket(tornado.websocket.WebSocketHandler):
         assert self.principal is not None
         self.expires_at = self.principal.exp
         self.set_nodelay(True)  # small frames must not wait for Nagle behind an unacked one
+        shed_handshake(self)  # the 101 answer is sent; nothing reads these again
 
     # --- sending ----------------------------------------------------------------------
     def send_control(self, message: dict[str, Any]) -> bool:

@@ -20,7 +20,14 @@ from core.codec import Encoded, control, http_chunk, sse_control
 from core.errors import ErrorCode, HeraldError, forbidden
 from core.model import Execution
 from core.stream import Core, Subscription
-from transports.base import STREAM_PATH, FastWriter, HeraldRequestHandler, RequestMatches, wants_event_stream
+from transports.base import (
+    STREAM_PATH,
+    FastWriter,
+    HeraldRequestHandler,
+    RequestMatches,
+    shed_handshake,
+    wants_event_stream,
+)
 
 NAME = "sse"
 RETRY_MS = 1000
@@ -59,6 +66,7 @@ class SseTransport(HeraldRequestHandler):
             self.write(b"retry: %d\n\n" % RETRY_MS + PADDING + sse_control(control("ready", transport=NAME)))
             await self.flush()
             self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
+            shed_handshake(self)  # headers are on the wire; the stream may last hours
             connection = self.request.connection
             self._chunked = bool(getattr(connection, "_chunking_output", False))
             self.writer = FastWriter(
