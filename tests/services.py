@@ -36,7 +36,31 @@ def secantusd_binary() -> str:
     return found
 
 
-class SecantusServer:
+class ChildProcess:
+    """A server the tests start as a child process: ``kill()`` is ``kill -9`` (no
+    shutdown, no flush), ``stop()`` a polite SIGTERM with a deadline."""
+
+    process: subprocess.Popen | None = None
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown, no flush."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+class SecantusServer(ChildProcess):
     """One SecantusDB process; ``kill()`` then ``start()`` keeps port and storage."""
 
     def __init__(
@@ -93,23 +117,6 @@ class SecantusServer:
         finally:
             client.close()
 
-    def kill(self) -> None:
-        """``kill -9``: no shutdown, no flush."""
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
     def fail_point(self, mode: object, **data: object) -> None:
         """``configureFailPoint failCommand`` (needs ``test_commands=True``)."""
         client: MongoClient = MongoClient(self.uri, serverSelectionTimeoutMS=2000, directConnection=True)
@@ -119,7 +126,7 @@ class SecantusServer:
             client.close()
 
 
-class HeraldProcess:
+class HeraldProcess(ChildProcess):
     """``python server.py`` as a child process on a free 127.0.0.1 port, so a test can
     ``kill -9`` it and start it again on the same port and database."""
 
@@ -151,20 +158,3 @@ class HeraldProcess:
                 time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"server.py did not listen within {timeout}s; see {self.log_path}")
-
-    def kill(self) -> None:
-        """``kill -9``."""
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
