@@ -175,9 +175,9 @@ class FastWriter:
 
     This is what makes a fan-out cheap: no per-write Future, no buffer append, no
     callback per subscriber on the common path. It is also the Core's ``DirectWriter``:
-    the hub reads ``buffer`` and calls ``send`` itself, inline, for live batches in
-    ``encoding`` (``ws``, ``sse`` or ``sse_chunk``). A subscriber whose unsent bytes
-    exceed ``limit`` is slow: ``write``/``queue`` return False and ``on_slow`` closes
+    the hub calls ``write`` itself, with the batch's bytes in ``encoding`` (``ws``,
+    ``sse`` or ``sse_chunk``) built once for all subscribers. A subscriber whose unsent
+    bytes exceed ``limit`` is slow: ``write`` returns False and ``on_slow`` closes
     it with a code that tells the client to resume with its cursor. The test is on
     what is *already* waiting: one batch of any size may be queued behind a reader
     that keeps up (a 1,000-event publish can exceed ``limit`` by itself), so the most
@@ -201,29 +201,20 @@ class FastWriter:
             self.buffer = _ALWAYS_BUSY
 
     def write(self, data: bytes) -> bool:
-        stream = self.stream
-        if stream.closed():
-            return True
-        buffered = stream._write_buffer  # noqa: SLF001 - see class docstring
-        pending = len(buffered) if buffered is not None else 0
-        if not pending and self.socket is not None:
+        """Send now if Tornado has nothing queued, else queue behind it; False when the
+        subscriber is slow (the caller then calls ``on_slow``)."""
+        if not self.buffer._size:  # noqa: SLF001 - see class docstring
             try:
-                sent = self.socket.send(data)
+                sent = self.send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                stream.close()
+                self.stream.close()  # its close handler unsubscribes it
                 return True
             if sent == len(data):
                 return True
             data = data[sent:]
-        if pending > self.limit:
-            return False
-        try:
-            stream.write(data)
-        except StreamClosedError:
-            pass
-        return True
+        return self.queue(data)
 
     def queue(self, data: bytes) -> bool:
         """Append behind Tornado's buffer (it flushes when the socket drains)."""
