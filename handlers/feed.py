@@ -23,9 +23,9 @@ from core.feed import SNAPSHOT_SIZE, Feed
 from core.stream import Core
 from transports.base import HeraldRequestHandler, RequestMatches, wants_event_stream, wants_websocket
 from transports.herald_socket import HeraldSocket
+from transports.sse import open_event_stream
 
 FEED_PATH = r"/api/executions/feed"
-SSE_PADDING = b":" + b" " * 2048 + b"\n\n"
 MAX_WAIT = 60
 
 
@@ -110,11 +110,7 @@ class FeedSse(HeraldRequestHandler):
         self._ended = asyncio.get_running_loop().create_future()
         listener = _Buffered(self._send)
         try:
-            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-            self.set_header("Cache-Control", "no-cache")
-            self.set_header("X-Accel-Buffering", "no")
-            self.write(b"retry: 1000\n\n" + SSE_PADDING + sse_control(control("ready", transport=self.transport)))
-            await self.flush()
+            await open_event_stream(self)
             self.feed.listen(principal, listener)
             self._send(await snapshot(self.core, self.feed, principal))
             listener.release()

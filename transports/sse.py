@@ -35,6 +35,21 @@ PADDING = b":" + b" " * 2048 + b"\n\n"
 log = logging.getLogger("herald.sse")
 
 
+async def open_event_stream(handler: HeraldRequestHandler) -> None:
+    """Start an event stream the way every Herald SSE response starts (an execution's
+    stream and the dashboard feed): headers that stop caches and nginx buffering,
+    ``retry:``, 2 KiB of padding for proxies that flush at a threshold, the ``ready``
+    control message; flushed, with Nagle off, and the handshake state shed."""
+    handler.set_header("Content-Type", "text/event-stream; charset=utf-8")
+    handler.set_header("Cache-Control", "no-cache")
+    handler.set_header("X-Accel-Buffering", "no")
+    ready = sse_control(control("ready", transport=NAME))
+    handler.write(b"retry: %d\n\n" % RETRY_MS + PADDING + ready)
+    await handler.flush()
+    handler.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
+    shed_handshake(handler)  # headers are on the wire; the stream may last hours
+
+
 class SseTransport(HeraldRequestHandler):
     """Follows one execution's stream as ``text/event-stream``."""
 
@@ -60,13 +75,7 @@ class SseTransport(HeraldRequestHandler):
         self.expires_at = principal.exp
         self._ended = asyncio.get_running_loop().create_future()
         try:
-            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-            self.set_header("Cache-Control", "no-cache")
-            self.set_header("X-Accel-Buffering", "no")
-            self.write(b"retry: %d\n\n" % RETRY_MS + PADDING + sse_control(control("ready", transport=NAME)))
-            await self.flush()
-            self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
-            shed_handshake(self)  # headers are on the wire; the stream may last hours
+            await open_event_stream(self)
             connection = self.request.connection
             self._chunked = bool(getattr(connection, "_chunking_output", False))
             self.writer = FastWriter(
