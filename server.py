@@ -25,6 +25,7 @@ from tornado.httpserver import HTTPServer
 from core.auth import ALL_SCOPES, Authenticator
 from core.broker.base import Broker
 from core.dispatch import Dispatcher
+from core.runtime import tune_gc
 from core.settings import Secret, Settings
 from core.store.base import Store
 from core.stream import Core
@@ -38,6 +39,7 @@ from transports.base import STREAM_PATH
 log = logging.getLogger("herald")
 HERE = os.path.dirname(os.path.abspath(__file__))
 REDACTED_PARAMS = ("access_token", "ticket", "token")
+ACCESS_LOG = logging.getLogger("tornado.access")
 
 # name, type, default, help — each also HERALD_<NAME>.
 OPTIONS: list[tuple[str, Any, Any, str]] = [
@@ -166,8 +168,10 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     """Access log without tokens or tickets."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not ACCESS_LOG.isEnabledFor(level):
+        return  # redacting the URI costs more than the rest of a long-poll's answer
     request = handler.request
-    logging.getLogger("tornado.access").log(
+    ACCESS_LOG.log(
         level,
         "%d %s %s (%s) %.2fms",
         status,
@@ -182,7 +186,11 @@ def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web
     """The Tornado application: API routes, one stream URL with a rule per transport."""
     c = {"core": core}
     dispatcher = Dispatcher(core)
-    handlers: list[Any] = [
+    # The stream URL first: it takes almost every request under load (a long-poll is one
+    # request per page), and Tornado tries rules in order.
+    handlers: list[Any] = [TRANSPORTS[name](core) for name in core.settings.transports]
+    handlers += [(STREAM_PATH, EventsHandler, c)]
+    handlers += [
         *feed.routes(core),  # before /api/executions/ID, which "feed" would match
         *demo.routes(core, dispatcher),
         *workers.routes(core, dispatcher),
@@ -195,8 +203,6 @@ def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web
         (r"/api/executions/([A-Za-z0-9_-]{1,64})", ExecutionHandler, c),
         (r"/api/executions/([A-Za-z0-9_-]{1,64})/cancel", CancelHandler, c),
     ]
-    handlers += [TRANSPORTS[name](core) for name in core.settings.transports]
-    handlers += [(STREAM_PATH, EventsHandler, c)]
     handlers += extra_handlers or []
     handlers += [
         (r"/", PageHandler, {"core": core, "template": "dashboard.html"}),
@@ -227,6 +233,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     app = make_app(core)
     server = HTTPServer(app, xheaders=False, idle_connection_timeout=3600)
     server.listen(settings.port, settings.host, backlog=4096)
+    tune_gc()
     log.info(
         "Herald listening on http://%s:%d (%s store, %s broker)",
         settings.host,

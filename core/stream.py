@@ -75,6 +75,9 @@ class DirectWriter(Protocol):
         """Disconnect a subscriber whose buffer overflowed (it resumes with its cursor)."""
 
 
+MAX_SEQ = 1 << 62
+
+
 class Subscription:
     """One client's position in one execution's stream."""
 
@@ -90,6 +93,7 @@ class Subscription:
         "_closed",
         "_task",
         "limit",
+        "_known_last",
     )
 
     def __init__(self, core: Core, execution_id: str, after: int, sink: Sink, limit: int = CATCH_UP_PAGE):
@@ -105,6 +109,7 @@ class Subscription:
         self._hub: Hub | None = None
         self._closed = False
         self._task: asyncio.Task | None = None
+        self._known_last = after  # the document's last_seq seen at start()
 
     async def start(self, execution: Execution) -> None:
         """Join the hub, replay from the store, then go live. ``execution`` is the
@@ -114,6 +119,7 @@ class Subscription:
         if execution.status.terminal and self.last >= execution.last_seq:
             self._finish()
             return
+        self._known_last = execution.last_seq
         await self._catch_up()
 
     async def _catch_up(self) -> None:
@@ -144,6 +150,11 @@ class Subscription:
         """No event after the cursor: retention dropped them, or there are none yet.
         Checked against a fresh document, then the log again, so that an event
         published in between is not mistaken for a drop."""
+        if self._known_last <= self.last:
+            # The caller's document, read before the log: nothing was stored after the
+            # cursor then, so nothing can have been dropped (the usual held poll or
+            # stream at the head; saves a store read per request).
+            return False
         doc = await self.core.store.get_execution(self.execution_id)
         if doc is None or doc.last_seq <= self.last:
             return False
@@ -195,6 +206,7 @@ class Subscription:
         self._task = asyncio.ensure_future(self._recover())
 
     async def _recover(self) -> None:
+        self._known_last = MAX_SEQ  # no document read here: check drops against a fresh one
         try:
             await self._catch_up()
         except (StoreUnavailable, HeraldError) as exc:

@@ -28,6 +28,7 @@ import tornado.web  # noqa: E402
 from tornado.httpserver import HTTPServer  # noqa: E402
 
 from core.model import Execution, PublishItem, Status  # noqa: E402
+from core.runtime import tune_gc  # noqa: E402
 from core.stream import Core  # noqa: E402
 from server import build_core, make_app, parse_settings  # noqa: E402
 
@@ -78,6 +79,8 @@ async def run(port: int, options: list[str]) -> None:
     app = make_app(core, [(r"/pub", PublishBody, {"core": core})])
     server = HTTPServer(app, idle_connection_timeout=3600)
     server.listen(port, "127.0.0.1", backlog=4096)
+    if os.environ.get("HERALD_BENCH_GC") != "default":  # experiment: CPython's own thresholds
+        tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
