@@ -35,6 +35,7 @@ from locust import HttpUser, User, constant, constant_throughput, events, task
 TOKEN = os.environ.get("HERALD_LOAD_TOKEN", "")
 EXECUTIONS = [e for e in os.environ.get("HERALD_LOAD_EXECUTIONS", "").split(",") if e]
 MIX = [int(x) for x in os.environ.get("HERALD_LOAD_MIX", "6,3,1,1").split(",")]
+PROCESSES = max(1, int(os.environ.get("HERALD_LOAD_PROCESSES", "1")))  # Locust --processes
 PUBLISH_RATE = float(os.environ.get("HERALD_LOAD_PUBLISH_RATE", "6"))  # tasks/s per publisher
 LONGPOLL_WAIT = int(os.environ.get("HERALD_LOAD_LP_WAIT", "20"))
 # Publishers start when every follower is connected (run.py: the spawn time plus a
@@ -205,8 +206,13 @@ class Publisher(HttpUser):
     wait_time = constant_throughput(PUBLISH_RATE)
 
     def on_start(self) -> None:
-        self.execution_id = pick(_next_publisher)
-        self.path = f"/api/executions/{self.execution_id}/events"
+        # Publisher k of P serves executions k, k+P, k+2P, ... in turn (one each when
+        # there are as many executions as publishers). Under ``--processes`` each
+        # worker counts its own publishers, so k interleaves the worker's index.
+        runner = self.environment.runner
+        k = getattr(runner, "worker_index", 0) + PROCESSES * next(_next_publisher)
+        mine = EXECUTIONS[k % MIX[3] :: MIX[3]] or EXECUTIONS
+        self.targets = itertools.cycle(mine)
         self.headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
         self.n = 0
         delay = PUBLISH_AT - time.time()
@@ -217,11 +223,14 @@ class Publisher(HttpUser):
         self.n += 1
         return {"event": "token", "data": {"text": f"token {self.n} " + "x" * 120}}
 
+    def _path(self) -> str:
+        return f"/api/executions/{next(self.targets)}/events"
+
     @task(3)
     def publish(self) -> None:
-        self.client.post(self.path, data=json.dumps(self._item()), headers=self.headers, name="publish")
+        self.client.post(self._path(), data=json.dumps(self._item()), headers=self.headers, name="publish")
 
     @task(1)
     def publish_batch(self) -> None:
         body = json.dumps([self._item() for _ in range(5)])
-        self.client.post(self.path, data=body, headers=self.headers, name="publish batch")
+        self.client.post(self._path(), data=body, headers=self.headers, name="publish batch")

@@ -4,7 +4,7 @@
 
 1. Starts ``server.py`` on a free 127.0.0.1 port (pinned to CPU 0 with ``taskset``
    where there are two CPUs), with a throw-away JWT secret.
-2. Creates one execution per publisher through the HTTP API.
+2. Creates the preset's executions through the HTTP API (one per publisher unless it says more).
 3. Runs Locust headless (``loadtests/locustfile.py``, pinned to CPU 1) with the
    preset's follower mix, publishers, duration and ``--processes``; CSV and the HTML
    report go to ``loadtests/reports/<preset>*``.
@@ -57,19 +57,26 @@ class Preset:
     max_cpu_pct: float
     max_rss_mb: float
     min_connected_pct: float = 99.5
+    executions: int = 0  # followers spread over these; 0: one per publisher
 
     @property
     def followers(self) -> int:
         return self.ws + self.sse + self.lp
 
+    @property
+    def execution_count(self) -> int:
+        return self.executions or self.publishers
+
 
 PRESETS = {
     # The seeds' floor: 100 concurrent followers, 10 publishers.
     "floor": Preset(60, 30, 10, 10, 7, 30, 50, 1, 100, 100, 0.5, 20, 100),
-    # 10,000 concurrent followers, 60 % WebSocket / 30 % SSE / 10 % long-poll.
-    # The load client (Locust, gevent, one core) is the limit here: ~1 event/s in all,
-    # and a ramp of 50 s, so the client keeps up with 10,000 connections.
-    "stress": Preset(6000, 3000, 1000, 10, 0.05, 120, 200, 2, 2000, 0.3, 0.5, 100, 1000),
+    # 10,000 concurrent followers, 60 % WebSocket / 30 % SSE / 10 % long-poll, over 100
+    # executions (100 followers each, as many runs each watched by a few people), 10
+    # publishers each cycling over 10 of them, ~10 events/s in all (~1,000 deliveries/s).
+    # The load client (Locust, gevent, one core) is the limit: with 1,000 followers per
+    # execution it parsed 1,000 frames per event and its own delay reached 2 s.
+    "stress": Preset(6000, 3000, 1000, 10, 0.5, 120, 200, 2, 2000, 5, 0.5, 100, 1000, executions=100),
     # What ``make test`` runs: seconds, every transport, the same checks.
     "smoke": Preset(6, 3, 2, 2, 4, 12, 20, 1, 500, 5, 0.5, 50, 150),
 }
@@ -214,7 +221,7 @@ def run(name: str, extra: list[str]) -> int:
     try:
         token = mint()
         executions = [
-            http("POST", base + "/api/executions", token, {"kind": "loadtest"})["id"] for _ in range(p.publishers)
+            http("POST", base + "/api/executions", token, {"kind": "loadtest"})["id"] for _ in range(p.execution_count)
         ]
         prefix = os.path.join(REPORTS, name)
         env = dict(
@@ -223,6 +230,7 @@ def run(name: str, extra: list[str]) -> int:
             HERALD_LOAD_EXECUTIONS=",".join(executions),
             HERALD_LOAD_MIX=f"{p.ws},{p.sse},{p.lp},{p.publishers}",
             HERALD_LOAD_PUBLISH_RATE=str(p.publish_rate),
+            HERALD_LOAD_PROCESSES=str(p.processes),
         )
         argv = [sys.executable, "-m", "locust", "-f", os.path.join(HERE, "locustfile.py"), "--headless"]
         argv += ["-u", str(p.followers + p.publishers), "-r", str(p.spawn_rate), "-t", f"{p.duration}s"]
@@ -254,7 +262,8 @@ def run(name: str, extra: list[str]) -> int:
         if locust is not None and locust.poll() is None:
             stop(locust)
         stop(server)
-    print(f"\npreset {name}: {p.ws} WebSocket + {p.sse} SSE + {p.lp} long-poll followers, {p.publishers} publishers,")
+    print(f"\npreset {name}: {p.ws} WebSocket + {p.sse} SSE + {p.lp} long-poll followers over {p.execution_count} executions,")
+    print(f"{p.publishers} publishers,", end=" ")
     print(f"{p.duration} s, server pinned to CPU 0; report {prefix}.html\n")
     print(f"| {'target':46} | {'limit':>14} | {'measured':>10} | ok |")
     print(f"|{'-' * 48}|{'-' * 16}|{'-' * 12}|----|")
