@@ -39,6 +39,8 @@ CATCH_UP_PAGE = 1000
 MAX_HOLD = 0.025
 #: Seconds a hub without subscribers is kept for the next poll before it is dropped.
 HUB_LINGER = 1.0
+#: The shared timer's period at most (heartbeats, token expiry, long-poll deadlines).
+TICK = 1.0
 #: Broker channel of execution changes (no execution id can take this name).
 CHANGES_CHANNEL = "_changes"
 #: Events that move what a dashboard row or a dispatcher cares about.
@@ -659,7 +661,7 @@ class Core:
     async def _tick_forever(self) -> None:
         """One shared timer for every connection: heartbeats and token expiry."""
         while True:
-            await asyncio.sleep(min(1.0, self.settings.heartbeat / 2))
+            await asyncio.sleep(min(TICK, self.settings.heartbeat / 2))
             try:
                 self._tick(time.time(), time.monotonic())
             except Exception:

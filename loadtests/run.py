@@ -262,8 +262,8 @@ def run(name: str, extra: list[str]) -> int:
         if locust is not None and locust.poll() is None:
             stop(locust)
         stop(server)
-    print(f"\npreset {name}: {p.ws} WebSocket + {p.sse} SSE + {p.lp} long-poll followers over {p.execution_count} executions,")
-    print(f"{p.publishers} publishers,", end=" ")
+    followers = f"{p.ws} WebSocket + {p.sse} SSE + {p.lp} long-poll followers"
+    print(f"\npreset {name}: {followers} over {p.execution_count} executions, {p.publishers} publishers,")
     print(f"{p.duration} s, server pinned to CPU 0; report {prefix}.html\n")
     print(f"| {'target':46} | {'limit':>14} | {'measured':>10} | ok |")
     print(f"|{'-' * 48}|{'-' * 16}|{'-' * 12}|----|")

@@ -315,3 +315,53 @@ def test_a_websocket_that_never_answers_pings_is_closed(herald_run):
         await eventually(lambda: not h.core.connections)
 
     herald_run(scenario, heartbeat=0.3)
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "longpoll"])
+def test_a_held_connection_keeps_no_copy_of_a_query_token(herald_run, transport):
+    """Tornado parses the query twice (``query_arguments`` and ``arguments``) and keeps
+    the URI; a held stream or poll drops all three once read (memory, and the token)."""
+
+    async def scenario(h: Herald) -> None:
+        ex = (await h.create())["id"]
+        token = h.mint()
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        extra = {
+            "websocket": upgrade + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            "sse": "Accept: text/event-stream\r\n",
+            "longpoll": "",
+        }[transport]
+        writer.write(
+            f"GET /api/executions/{ex}/events?access_token={token}&wait=30 HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode()
+        )
+        await eventually(lambda: len(h.core.connections) == 1 and ex in h.core._hubs)
+        await asyncio.sleep(0.1)
+        (held,) = h.core.connections
+        request = held.request
+        assert token not in repr(request.arguments) and token not in repr(request.query_arguments)
+        if transport != "longpoll":  # a poll's access line still shows its query
+            assert token not in request.uri and token not in request.query
+        # It still works: an event reaches it.
+        await h.publish(ex, {"event": "token", "data": {"text": "after shedding"}})
+        data = b""
+        while b"after shedding" not in data:
+            data += await asyncio.wait_for(reader.read(65536), 5)
+        writer.close()
+
+    herald_run(scenario)
+
+
+def test_a_held_poll_with_nothing_to_say_is_answered_when_wait_runs_out(herald_run):
+    async def scenario(h: Herald) -> None:
+        ex = (await h.create())["id"]
+        token = h.mint()
+        started = time.monotonic()
+        page = json.loads((await h.fetch(f"/api/executions/{ex}/events?wait=2", token=token)).body)
+        took = time.monotonic() - started
+        assert page == {"events": [], "next_after": 0, "done": False, "reset": None}
+        # The shared one-second timer answers it: a tick early at most, never late.
+        assert 0.9 <= took <= 2.3, took
+        assert not h.core.connections
+
+    herald_run(scenario)

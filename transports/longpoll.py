@@ -9,6 +9,7 @@ poller wakes within milliseconds of a publish, not at its timeout.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from tornado.httputil import HTTPServerRequest
@@ -18,8 +19,15 @@ from core.auth import may_read
 from core.codec import Encoded, page_json
 from core.errors import ErrorCode, HeraldError, forbidden
 from core.model import Execution
-from core.stream import Core, Subscription
-from transports.base import STREAM_PATH, HeraldRequestHandler, RequestMatches, wants_event_stream, wants_websocket
+from core.stream import TICK, Core, Subscription
+from transports.base import (
+    STREAM_PATH,
+    HeraldRequestHandler,
+    RequestMatches,
+    shed_arguments,
+    wants_event_stream,
+    wants_websocket,
+)
 
 NAME = "longpoll"
 MAX_WAIT = 60
@@ -53,18 +61,18 @@ class LongPollTransport(HeraldRequestHandler):
         wait = self.int_argument("wait", 0, 0, MAX_WAIT)
         if not self.core.admit(self):
             raise HeraldError(ErrorCode.TOO_MANY_CONNECTIONS, 429, "too many connections", retry_after=5)
-        self.expires_at = principal.exp
+        # The Core's shared timer answers the poll when ``wait`` runs out (``expire``),
+        # as it ends a stream whose token expired: no timer per held poll. It ticks
+        # every second, so the deadline is a tick early: a poll is never held longer
+        # than ``wait``.
+        self.expires_at = min(principal.exp, time.time() + wait - TICK)
         self._answered = asyncio.get_running_loop().create_future()
+        shed_arguments(self.request)  # read above; a held poll keeps the request
         subscription = self._subscription = self.core.follow(execution_id, after, self, limit=self._limit)
         try:
             await subscription.start(execution)
             if wait and not self._answered.done():
-                # A timer resolves the same future: no task per held poll.
-                timer = asyncio.get_running_loop().call_later(wait, self._answer)
-                try:
-                    await self._answered
-                finally:
-                    timer.cancel()
+                await self._answered
         finally:
             subscription.close()
             self.core.release(self)
