@@ -417,17 +417,25 @@ def fmt(x) -> str:
     return f"{x:,.0f}"
 
 
+def per_answer(r: dict) -> str:
+    """Long-poll: events a flat-out answer carried (its batching under load)."""
+    if r["kind"] != "lp":
+        return "–"
+    deliveries, answers = med(r, "burst", "deliv_per_s"), med(r, "burst", "resp_per_s")
+    return fmt(round(deliveries / answers, 1)) if deliveries and answers else "–"
+
+
 def table(recs: list[dict]) -> str:
     lines = [
         "| server | test | open/live | KB/conn idle | 20 ev/s p50 / p99 ms | flat-out deliveries/s "
         "| flat-out p50 / p99 ms | loss % | server / client CPU % | server CPU s per 1M deliveries "
-        "| deliveries per server CPU-s | server CPU in kernel % | other load core 0 % |",
-        "|" + "---|" * 13,
+        "| deliveries per server CPU-s | server CPU in kernel % | other load core 0 % | events per long-poll answer |",
+        "|" + "---|" * 14,
     ]
     for r in recs:
         t = f"{r['kind']}:{r['n']}"
         if not r.get("reps"):
-            lines.append(f"| {r['server']} | {t} | {r.get('open', '–')} | {r.get('error', '?')} |" + " |" * 9)
+            lines.append(f"| {r['server']} | {t} | {r.get('open', '–')} | {r.get('error', '?')} |" + " |" * 10)
             continue
         lines.append(
             f"| {r['server']} | {t} | {r['open']}/{r['live']} | {r['kb_per_conn']} "
@@ -437,7 +445,8 @@ def table(recs: list[dict]) -> str:
             f"| {fmt(med(r, 'burst', 'loss_pct'))} "
             f"| {fmt(med(r, 'burst', 'server_cpu_pct'))} / {fmt(med(r, 'burst', 'client_cpu_pct'))} "
             f"| {fmt(med(r, 'burst', 'server_s_per_M'))} | {fmt(per_cpu_s(r))} "
-            f"| {fmt(med(r, 'burst', 'server_sys_pct_of_cpu'))} | {fmt(med(r, 'burst', 'other_core0_pct'))} |"
+            f"| {fmt(med(r, 'burst', 'server_sys_pct_of_cpu'))} | {fmt(med(r, 'burst', 'other_core0_pct'))} "
+            f"| {per_answer(r)} |"
         )
     by = {(r["server"], r["kind"], r["n"]): r for r in recs}
     ratios = []

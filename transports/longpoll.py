@@ -84,6 +84,11 @@ class LongPollTransport(HeraldRequestHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(page_json(self._events, next_after, self._done, self._reset))
 
+    def compute_etag(self) -> None:
+        """No ETag: a page is never cached (``Cache-Control: no-store``), and hashing
+        every answer is a SHA-1 per poll for nothing."""
+        return None
+
     # --- Sink -----------------------------------------------------------------------
     def send_events(self, batch: list[Encoded]) -> None:
         room = self._limit - len(self._events)
