@@ -9,6 +9,7 @@ messages go through the same helpers so every transport frames them alike.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from typing import Any
 
 from core.model import Event
@@ -93,8 +94,39 @@ def batch_bytes(batch: list[Encoded], encoding: str) -> bytes:
     raise ValueError(f"unknown encoding {encoding!r}")
 
 
-def encode_all(events: list[Event]) -> list[Encoded]:
-    return [Encoded(e) for e in events]
+class EncodedCache:
+    """The most recently encoded events, by execution and seq, shared by the hub and
+    every catch-up read.
+
+    A long-poller re-polls right after each answer, and what was published in between
+    comes from the store: without this, 1,000 pollers catching up on the same event
+    encode it 1,000 times (timestamp formatting and JSON were the largest part of
+    Herald's own work per poll). A stored event never changes (seqs are never reused
+    in an execution), so an entry is never stale; the oldest go first past
+    ``capacity`` (each is an event, its JSON, and whichever frames were built).
+    """
+
+    __slots__ = ("capacity", "_entries")
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[str, int], Encoded] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def encode(self, execution_id: str, events: list[Event]) -> list[Encoded]:
+        entries = self._entries
+        out = []
+        for event in events:
+            key = (execution_id, event.seq)
+            encoded = entries.get(key)
+            if encoded is None:
+                encoded = entries[key] = Encoded(event)
+                if len(entries) > self.capacity:
+                    entries.popitem(last=False)
+            out.append(encoded)
+        return out
 
 
 def control(name: str, **fields: Any) -> dict[str, Any]:

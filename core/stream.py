@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from core.auth import Authenticator
 from core.broker.base import Broker
-from core.codec import Encoded, batch_bytes, encode_all
+from core.codec import Encoded, EncodedCache, batch_bytes
 from core.errors import ErrorCode, HeraldError, StoreUnavailable, bad_request, not_found, store_unavailable
 from core.metrics import Metrics
 from core.model import TERMINAL_EVENTS, Event, Execution, PublishItem, new_execution_id
@@ -137,7 +137,7 @@ class Subscription:
                     await self._reset()
                     continue
                 break
-            self._deliver(encode_all(events))
+            self._deliver(self.core.encoded.encode(self.execution_id, events))
             self.core.metrics.delivered[self.sink.transport] += len(events)
             if len(events) < self.limit or self._closed:
                 break
@@ -283,7 +283,7 @@ class Hub:
 
     def on_events(self, events: list[Event]) -> None:
         """Broker listener: events just stored, in seq order."""
-        batch = encode_all(events)
+        batch = self.core.encoded.encode(self.execution_id, events)
         window = self.core.coalesce_window
         if window <= 0:
             self._fan_out(batch)
@@ -404,6 +404,8 @@ class Core:
         self.hub_linger = HUB_LINGER
         self._queues: dict[str, _AppendQueue] = {}
         self._owners: dict[str, Execution] = {}
+        #: Events encoded once for the hub and every catch-up (long-poll re-polls).
+        self.encoded = EncodedCache()
         self.connections: set[Connection] = set()
         self._last_heartbeat = time.monotonic()
         self._timer_task: asyncio.Task | None = None

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from client.sse import SseParser
-from core.codec import Encoded, control, dumps, http_chunk, page_json, sse_control, ws_frame
+from core.codec import Encoded, EncodedCache, control, dumps, http_chunk, page_json, sse_control, ws_frame
 from core.model import Event
 
 
@@ -98,3 +98,18 @@ def test_page_json_splices_pre_encoded_events():
 
 def test_dumps_is_compact():
     assert dumps({"a": [1, 2], "b": "é"}) == '{"a":[1,2],"b":"é"}'
+
+
+def test_encoded_cache_shares_one_encoding_per_execution_and_seq():
+    cache = EncodedCache(capacity=3)
+    first = cache.encode("ex_abc", [event(1), event(2)])
+    again = cache.encode("ex_abc", [event(1), event(2), event(3)])
+    assert again[0] is first[0] and again[1] is first[1]
+    assert [e.seq for e in again] == [1, 2, 3]
+    # Another execution's seq 1 is another event.
+    other = cache.encode("ex_other", [Event("ex_other", 1, "token", {"text": "x"}, 1.0)])
+    assert other[0] is not first[0] and json.loads(other[0].json)["execution_id"] == "ex_other"
+    # Bounded: the oldest entry (ex_abc 1) was dropped, and is encoded anew.
+    assert len(cache) == 3
+    assert cache.encode("ex_abc", [event(1)])[0] is not first[0]
+    assert cache.encode("ex_abc", [event(3)])[0] is again[2]
