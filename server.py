@@ -17,7 +17,6 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import tornado.web
 from tornado.httpserver import HTTPServer
@@ -34,12 +33,10 @@ from handlers.executions import CancelHandler, EventsHandler, ExecutionHandler, 
 from handlers.ops import HealthHandler, MetricsHandler, NegotiateHandler, ReadyHandler
 from handlers.pages import PageHandler
 from transports import TRANSPORTS
-from transports.base import STREAM_PATH
+from transports.base import STREAM_PATH, log_access
 
 log = logging.getLogger("herald")
 HERE = os.path.dirname(os.path.abspath(__file__))
-REDACTED_PARAMS = ("access_token", "ticket", "token")
-ACCESS_LOG = logging.getLogger("tornado.access")
 
 # name, type, default, help — each also HERALD_<NAME>.
 OPTIONS: list[tuple[str, Any, Any, str]] = [
@@ -155,31 +152,9 @@ def build_core(settings: Settings) -> Core:
     return Core(settings, build_store(settings), build_broker(settings), auth)
 
 
-def redacted_uri(uri: str) -> str:
-    """The request URI with credentials in the query replaced by ``***``."""
-    parts = urlsplit(uri)
-    if not parts.query:
-        return uri
-    query = [(k, "***" if k in REDACTED_PARAMS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
-
-
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Access log without tokens or tickets."""
-    status = handler.get_status()
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    if not ACCESS_LOG.isEnabledFor(level):
-        return  # redacting the URI costs more than the rest of a long-poll's answer
-    request = handler.request
-    ACCESS_LOG.log(
-        level,
-        "%d %s %s (%s) %.2fms",
-        status,
-        request.method,
-        redacted_uri(request.uri or ""),
-        request.remote_ip,
-        1000.0 * request.request_time(),
-    )
+    """Access log without tokens or tickets (``transports.base.log_access``)."""
+    log_access(handler.get_status(), handler.request)
 
 
 def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web.Application:

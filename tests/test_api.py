@@ -10,8 +10,8 @@ import json
 import pytest
 
 from core.auth import ALL_SCOPES
-from server import redacted_uri
 from tests.fixtures_server import Herald, read_ws
+from transports.base import redacted_uri
 
 ERROR_KEYS = {"code", "message", "details"}
 

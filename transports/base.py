@@ -8,10 +8,12 @@ the one stream URL, each matching on what the request can do.
 from __future__ import annotations
 
 import logging
+import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import tornado.web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
@@ -103,49 +105,118 @@ class HeraldRequestHandler(tornado.web.RequestHandler):
         super().log_exception(typ, value, tb)
 
     def credentials(self, subprotocols: list[str] | None = None) -> Credentials | None:
-        return find_credentials(
-            authorization=self.request.headers.get("Authorization"),
-            subprotocols=subprotocols or (),
-            ticket=self.get_query_argument("ticket", None),
-            access_token=self.get_query_argument("access_token", None),
-            cookie=self.get_cookie(self.core.settings.cookie_name),
-        )
+        return request_credentials(self.request, self.core.settings.cookie_name, subprotocols or ())
 
     def authenticate(self, subprotocols: list[str] | None = None) -> Principal:
         """The caller's Principal from header, subprotocol, ticket, parameter or cookie."""
-        creds = self.credentials(subprotocols)
-        if creds is None:
-            raise unauthorized("no credentials: send 'Authorization: Bearer <jwt>' or a ticket")
-        if creds.kind == "ticket":
-            return self.core.tickets.redeem(creds.value)
-        return self.core.auth.decode(creds.value)
+        return authenticate_request(self.core, self.request, subprotocols or ())
 
     def int_argument(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise bad_request(f"{name} must be an integer", **{name: raw}) from None
-        if not low <= value <= high:
-            raise bad_request(f"{name} must be between {low} and {high}", **{name: value})
-        return value
+        return int_argument(self.request, name, default, low, high)
 
     def cursor(self, header: bool = False) -> int:
         """``after`` (or, for SSE, ``Last-Event-ID``, which wins)."""
-        raw = self.request.headers.get("Last-Event-ID") if header else None
-        if raw is None or raw.strip() == "":
-            raw = self.get_query_argument("after", None)
-        if raw is None or raw == "":
-            return 0
-        try:
-            value = int(raw)
-        except ValueError:
-            raise bad_request("the cursor must be an integer", ErrorCode.CURSOR_OUT_OF_RANGE, after=raw) from None
-        if value < 0:
-            raise bad_request("the cursor must not be negative", ErrorCode.CURSOR_OUT_OF_RANGE, after=value)
-        return value
+        return cursor(self.request, header)
+
+
+# --- Reading a request (shared by RequestHandlers and the long-poll delegate) ----------
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0e-\x1f]")  # as RequestHandler.get_argument
+
+
+def query_argument(request: HTTPServerRequest, name: str) -> str | None:
+    """The last value of a query parameter, decoded and stripped as Tornado's
+    ``get_query_argument`` does; None when absent."""
+    values = request.query_arguments.get(name)
+    if not values:
+        return None
+    try:
+        text = values[-1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request(f"{name} is not valid UTF-8") from None
+    return _CONTROL_CHARS.sub(" ", text).strip()
+
+
+def request_credentials(
+    request: HTTPServerRequest, cookie_name: str, subprotocols: Iterable[str] = ()
+) -> Credentials | None:
+    cookie = request.cookies.get(cookie_name)
+    return find_credentials(
+        authorization=request.headers.get("Authorization"),
+        subprotocols=subprotocols,
+        ticket=query_argument(request, "ticket"),
+        access_token=query_argument(request, "access_token"),
+        cookie=cookie.value if cookie is not None else None,
+    )
+
+
+def authenticate_request(core: Core, request: HTTPServerRequest, subprotocols: Iterable[str] = ()) -> Principal:
+    """The caller's Principal from header, subprotocol, ticket, parameter or cookie."""
+    creds = request_credentials(request, core.settings.cookie_name, subprotocols)
+    if creds is None:
+        raise unauthorized("no credentials: send 'Authorization: Bearer <jwt>' or a ticket")
+    if creds.kind == "ticket":
+        return core.tickets.redeem(creds.value)
+    return core.auth.decode(creds.value)
+
+
+def int_argument(request: HTTPServerRequest, name: str, default: int, low: int, high: int) -> int:
+    raw = query_argument(request, name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be an integer", **{name: raw}) from None
+    if not low <= value <= high:
+        raise bad_request(f"{name} must be between {low} and {high}", **{name: value})
+    return value
+
+
+def cursor(request: HTTPServerRequest, header: bool = False) -> int:
+    """``after`` (or, for SSE, ``Last-Event-ID``, which wins)."""
+    raw = request.headers.get("Last-Event-ID") if header else None
+    if raw is None or raw.strip() == "":
+        raw = query_argument(request, "after")
+    if raw is None or raw == "":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request("the cursor must be an integer", ErrorCode.CURSOR_OUT_OF_RANGE, after=raw) from None
+    if value < 0:
+        raise bad_request("the cursor must not be negative", ErrorCode.CURSOR_OUT_OF_RANGE, after=value)
+    return value
+
+
+# --- The access log -----------------------------------------------------------------
+REDACTED_PARAMS = ("access_token", "ticket", "token")
+ACCESS_LOG = logging.getLogger("tornado.access")
+
+
+def redacted_uri(uri: str) -> str:
+    """The request URI with credentials in the query replaced by ``***``."""
+    parts = urlsplit(uri)
+    if not parts.query:
+        return uri
+    query = [(k, "***" if k in REDACTED_PARAMS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
+
+
+def log_access(status: int, request: HTTPServerRequest) -> None:
+    """One access line, without tokens or tickets; nothing is formatted when the
+    level is off (redacting the URI costs more than the rest of a long-poll answer)."""
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not ACCESS_LOG.isEnabledFor(level):
+        return
+    ACCESS_LOG.log(
+        level,
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        redacted_uri(request.uri or ""),
+        request.remote_ip,
+        1000.0 * request.request_time(),
+    )
 
 
 class _SentHeaders(HTTPHeaders):
