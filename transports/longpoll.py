@@ -4,26 +4,48 @@ Answers ``{"events", "next_after", "done", "reset"}``. Events already stored aft
 cursor come back at once; with none and ``wait`` > 0 the request is held on the same
 Subscription the streaming transports use and answered as soon as one arrives, so a
 poller wakes within milliseconds of a publish, not at its timeout.
+
+A poll is a whole HTTP request, every time, so its cost per request is the transport's
+cost per delivery. It is therefore served one level below ``RequestHandler``: the stream
+URL's long-poll rule routes to ``LongPollRouter``, which gives Tornado's HTTP connection
+a ``LongPoll`` message delegate that reads the already-parsed request and writes its one
+answer (status line, five headers, body) straight to the connection. What it skips is
+what a poll never uses: the handler's header map, ``clear``/``set_default_headers``,
+ETag hashing, the transforms chain, the per-request coroutine wrappers. Errors keep the
+contract's shape (``HeraldError.to_dict``) and the access line is the same one the
+handlers write (``log_access``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
+from email.utils import formatdate
 from typing import Any
 
-from tornado.httputil import HTTPServerRequest
-from tornado.routing import Rule
+from tornado.httputil import (
+    HTTPHeaders,
+    HTTPMessageDelegate,
+    HTTPServerRequest,
+    ResponseStartLine,
+    responses,
+)
+from tornado.routing import Router, Rule
 
 from core.auth import may_read
-from core.codec import Encoded, page_json
+from core.codec import Encoded, dumps, page_json
 from core.errors import ErrorCode, HeraldError, forbidden
 from core.model import Execution
 from core.stream import TICK, Core, Subscription
 from transports.base import (
     STREAM_PATH,
-    HeraldRequestHandler,
     RequestMatches,
+    authenticate_request,
+    cursor,
+    int_argument,
+    log_access,
     shed_arguments,
     wants_event_stream,
     wants_websocket,
@@ -33,15 +55,21 @@ NAME = "longpoll"
 MAX_WAIT = 60
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 500
+CONTENT_TYPE = "application/json; charset=UTF-8"
+
+log = logging.getLogger("herald.longpoll")
 
 
-class LongPollTransport(HeraldRequestHandler):
-    """Answers one page of an execution's stream, waiting for it if asked to."""
+class LongPoll(HTTPMessageDelegate):
+    """One poll: authorise, read or wait for a page, answer, done. Also the ``Sink``
+    its Subscription delivers to and the ``Connection`` the Core's timer sees."""
 
     transport = NAME
 
-    def initialize(self, core: Core) -> None:  # type: ignore[override]
-        super().initialize(core)
+    def __init__(self, core: Core, request: HTTPServerRequest, execution_id: str) -> None:
+        self.core = core
+        self.request = request
+        self.execution_id = execution_id
         self.expires_at = float("inf")
         self._events: list[Encoded] = []
         self._reset: dict[str, Any] | None = None
@@ -49,17 +77,50 @@ class LongPollTransport(HeraldRequestHandler):
         self._limit = DEFAULT_LIMIT
         self._answered: asyncio.Future | None = None
         self._subscription: Subscription | None = None
+        self._closed = False
+        self._task: asyncio.Task | None = None
 
-    async def get(self, execution_id: str) -> None:
-        principal = self.authenticate()
-        execution = await self.core.get_execution(execution_id)
+    # --- HTTPMessageDelegate --------------------------------------------------------
+    def headers_received(self, start_line: Any, headers: HTTPHeaders) -> None:
+        return None  # the router already holds the parsed request
+
+    def data_received(self, chunk: bytes) -> None:
+        return None  # a GET's body, if any, means nothing here
+
+    def finish(self) -> None:
+        """The request is read: serve it."""
+        self.request.connection.set_close_callback(self.on_connection_close)  # type: ignore[union-attr]
+        self._task = asyncio.ensure_future(self._serve())
+
+    def on_connection_close(self) -> None:
+        self._closed = True
+        self._answer()
+
+    # --- serving --------------------------------------------------------------------
+    async def _serve(self) -> None:
+        try:
+            body = await self._page()
+        except HeraldError as error:
+            self._respond(error.status, dumps(error.to_dict()).encode(), error.retry_after)
+        except Exception:
+            log.exception("long-poll %s failed", self.request.uri)
+            self._respond(500, dumps(HeraldError(ErrorCode.INTERNAL, 500, INTERNAL).to_dict()).encode(), None)
+        else:
+            if body is not None:
+                self._respond(200, body, None)
+
+    async def _page(self) -> bytes | None:
+        """The page's body, or None when the client left before it was ready."""
+        core, request = self.core, self.request
+        principal = authenticate_request(core, request)
+        execution = await core.get_execution(self.execution_id)
         if not may_read(principal, execution):
             raise forbidden("this token may not read that execution")
-        after = self.cursor()
-        self.core.check_cursor(execution, after)
-        self._limit = self.int_argument("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        wait = self.int_argument("wait", 0, 0, MAX_WAIT)
-        if not self.core.admit(self):
+        after = cursor(request)
+        core.check_cursor(execution, after)
+        self._limit = int_argument(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        wait = int_argument(request, "wait", 0, 0, MAX_WAIT)
+        if not core.admit(self):
             raise HeraldError(ErrorCode.TOO_MANY_CONNECTIONS, 429, "too many connections", retry_after=5)
         # The Core's shared timer answers the poll when ``wait`` runs out (``expire``),
         # as it ends a stream whose token expired: no timer per held poll. It ticks
@@ -67,27 +128,37 @@ class LongPollTransport(HeraldRequestHandler):
         # than ``wait``.
         self.expires_at = min(principal.exp, time.time() + wait - TICK)
         self._answered = asyncio.get_running_loop().create_future()
-        shed_arguments(self.request)  # read above; a held poll keeps the request
-        subscription = self._subscription = self.core.follow(execution_id, after, self, limit=self._limit)
+        shed_arguments(request)  # read above; a held poll keeps the request
+        subscription = self._subscription = core.follow(self.execution_id, after, self, limit=self._limit)
         try:
             await subscription.start(execution)
-            if wait and not self._answered.done():
+            if wait and not self._answered.done() and not self._closed:
                 await self._answered
         finally:
             subscription.close()
-            self.core.release(self)
-        if self.request.connection.stream.closed():  # type: ignore[attr-defined]
-            return
+            core.release(self)
+        if self._closed:
+            return None
         next_after = self._events[-1].seq if self._events else after
         if self._reset is not None and not self._events:
             next_after = self._reset["last_seq"]
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(page_json(self._events, next_after, self._done, self._reset))
+        return page_json(self._events, next_after, self._done, self._reset)
 
-    def compute_etag(self) -> None:
-        """No ETag: a page is never cached (``Cache-Control: no-store``), and hashing
-        every answer is a SHA-1 per poll for nothing."""
-        return None
+    def _respond(self, status: int, body: bytes, retry_after: int | None) -> None:
+        connection = self.request.connection
+        if self._closed or connection is None:
+            return
+        headers = HTTPHeaders()
+        headers["Content-Type"] = CONTENT_TYPE
+        headers["Content-Length"] = str(len(body))
+        headers["Cache-Control"] = "no-store"
+        headers["Date"] = http_date()
+        if retry_after is not None or status in (429, 503):
+            headers["Retry-After"] = str(retry_after or 1)
+        start = ResponseStartLine("HTTP/1.1", status, responses.get(status, "Unknown"))
+        connection.write_headers(start, headers, body)
+        connection.finish()
+        log_access(status, self.request)
 
     # --- Sink -----------------------------------------------------------------------
     def send_events(self, batch: list[Encoded]) -> None:
@@ -126,12 +197,35 @@ class LongPollTransport(HeraldRequestHandler):
     def expire(self) -> None:
         self._answer()
 
-    def on_connection_close(self) -> None:
-        self._answer()
+
+INTERNAL = "internal error; the server log has the details"
+
+
+class LongPollRouter(Router):
+    """The long-poll rule's target: a ``LongPoll`` for each matching request."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> HTTPMessageDelegate | None:
+        execution_id = kwargs["path_kwargs"]["execution_id"]
+        if isinstance(execution_id, bytes):
+            execution_id = execution_id.decode()
+        return LongPoll(self.core, request, execution_id)
+
+
+@functools.lru_cache(maxsize=2)
+def _formatted_date(second: int) -> str:
+    return formatdate(second, usegmt=True)
+
+
+def http_date() -> str:
+    """The ``Date`` header (RFC 9110 6.6.1), formatted once per second."""
+    return _formatted_date(int(time.time()))
 
 
 def rule(core: Core) -> Rule:
-    return Rule(RequestMatches(STREAM_PATH, wants_page), LongPollTransport, {"core": core})
+    return Rule(RequestMatches(STREAM_PATH, wants_page), LongPollRouter(core))
 
 
 def wants_page(request: HTTPServerRequest) -> bool:
