@@ -365,3 +365,26 @@ def test_a_held_poll_with_nothing_to_say_is_answered_when_wait_runs_out(herald_r
         assert not h.core.connections
 
     herald_run(scenario)
+
+
+@pytest.mark.parametrize("batching", [False, True])
+def test_with_many_polls_held_a_live_answer_waits_for_events_published_with_it(herald_run, batching):
+    """``Core.answer_soon``: under load (here: from one held poll) the answer to a live
+    event is held ``LONGPOLL_HOLD`` so that the next event shares it; below the
+    threshold the first event is answered alone, at once."""
+
+    async def scenario(h: Herald) -> None:
+        h.core.longpoll_batch_from = 1 if batching else 1_000_000
+        ex = (await h.create())["id"]
+        token = h.mint()
+        poll = asyncio.ensure_future(h.fetch(f"/api/executions/{ex}/events?wait=10", token=token))
+        await eventually(lambda: len(h.core.connections) == 1 and ex in h.core._hubs)
+        await h.core.publish(ex, [PublishItem("token", {"text": "first"})])
+        await asyncio.sleep(0.005)
+        await h.core.publish(ex, [PublishItem("token", {"text": "second"})])
+        page = json.loads((await poll).body)
+        texts = [e["data"]["text"] for e in page["events"] if e["event"] == "token"]
+        assert texts == (["first", "second"] if batching else ["first"])
+        assert page["next_after"] == page["events"][-1]["seq"]
+
+    herald_run(scenario)

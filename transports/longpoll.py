@@ -168,10 +168,15 @@ class LongPoll(HTTPMessageDelegate):
             if len(batch) > room:
                 # The rest goes to the next poll; the terminal event is not in this page.
                 self._done = False
-        if len(self._events) >= self._limit and self._subscription is not None:
+        subscription = self._subscription
+        if len(self._events) >= self._limit and subscription is not None:
             # The page is full: stop the catch-up before it reads the rest of the log.
-            self._subscription.close()
-        self._answer()
+            subscription.close()
+            self._answer()
+        elif subscription is not None and subscription.live:
+            self.core.answer_soon(self._answer)  # under load, later events may join
+        else:
+            self._answer()
 
     def send_reset(self, execution: Execution) -> None:
         self._reset = execution.to_public()
