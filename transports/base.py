@@ -79,6 +79,13 @@ def as_herald_error(exc: BaseException | None, status: int) -> HeraldError:
     return HeraldError(ErrorCode.INTERNAL, 500, "internal error; the server log has the details")
 
 
+def retry_after(error: HeraldError) -> str | None:
+    """The ``Retry-After`` value an error answer carries: its own, or 1 s for 429/503."""
+    if error.retry_after is not None or error.status in (429, 503):
+        return str(error.retry_after or 1)
+    return None
+
+
 class HeraldRequestHandler(tornado.web.RequestHandler):
     """Base for every HTTP handler: receives the Core, renders errors one way."""
 
@@ -94,8 +101,9 @@ class HeraldRequestHandler(tornado.web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         error = as_herald_error(exc, status_code)
         self.set_status(error.status)
-        if error.retry_after is not None or error.status in (429, 503):
-            self.set_header("Retry-After", str(error.retry_after or 1))
+        retry = retry_after(error)
+        if retry is not None:
+            self.set_header("Retry-After", retry)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(error.to_dict())
 

@@ -42,10 +42,13 @@ from core.stream import TICK, Core, Subscription
 from transports.base import (
     STREAM_PATH,
     RequestMatches,
+    as_herald_error,
     authenticate_request,
     cursor,
     int_argument,
     log_access,
+    redacted_uri,
+    retry_after,
     shed_arguments,
     wants_event_stream,
     wants_websocket,
@@ -78,7 +81,7 @@ class LongPoll(HTTPMessageDelegate):
         self._answered: asyncio.Future | None = None
         self._subscription: Subscription | None = None
         self._closed = False
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None  # held here: the loop keeps tasks weakly
 
     # --- HTTPMessageDelegate --------------------------------------------------------
     def headers_received(self, start_line: Any, headers: HTTPHeaders) -> None:
@@ -100,11 +103,11 @@ class LongPoll(HTTPMessageDelegate):
     async def _serve(self) -> None:
         try:
             body = await self._page()
-        except HeraldError as error:
-            self._respond(error.status, dumps(error.to_dict()).encode(), error.retry_after)
-        except Exception:
-            log.exception("long-poll %s failed", self.request.uri)
-            self._respond(500, dumps(HeraldError(ErrorCode.INTERNAL, 500, INTERNAL).to_dict()).encode(), None)
+        except Exception as exc:
+            if not isinstance(exc, HeraldError):  # an answer, not a fault
+                log.exception("long-poll %s failed", redacted_uri(self.request.uri or ""))
+            error = as_herald_error(exc, 500)
+            self._respond(error.status, dumps(error.to_dict()).encode(), retry_after(error))
         else:
             if body is not None:
                 self._respond(200, body, None)
@@ -144,7 +147,7 @@ class LongPoll(HTTPMessageDelegate):
             next_after = self._reset["last_seq"]
         return page_json(self._events, next_after, self._done, self._reset)
 
-    def _respond(self, status: int, body: bytes, retry_after: int | None) -> None:
+    def _respond(self, status: int, body: bytes, retry: str | None) -> None:
         connection = self.request.connection
         if self._closed or connection is None:
             return
@@ -153,8 +156,8 @@ class LongPoll(HTTPMessageDelegate):
         headers["Content-Length"] = str(len(body))
         headers["Cache-Control"] = "no-store"
         headers["Date"] = http_date()
-        if retry_after is not None or status in (429, 503):
-            headers["Retry-After"] = str(retry_after or 1)
+        if retry is not None:
+            headers["Retry-After"] = retry
         start = ResponseStartLine("HTTP/1.1", status, responses.get(status, "Unknown"))
         connection.write_headers(start, headers, body)
         connection.finish()
@@ -201,9 +204,6 @@ class LongPoll(HTTPMessageDelegate):
 
     def expire(self) -> None:
         self._answer()
-
-
-INTERNAL = "internal error; the server log has the details"
 
 
 class LongPollRouter(Router):
