@@ -2,7 +2,7 @@
 
 ``python server.py`` with no options serves on 127.0.0.1:8080 with the embedded store
 and in-process broker, and prints a dashboard URL with a development token. Every
-option is also an environment variable ``HERALD_<NAME>`` (PROTOCOL.md section 7).
+option is also an environment variable ``HERALD_<NAME>`` (the README's configuration table).
 This is the only module that names a concrete Store or Broker.
 """
 
@@ -17,6 +17,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote_plus
 
 import tornado.web
 from tornado.httpserver import HTTPServer
@@ -38,12 +39,34 @@ from transports.base import STREAM_PATH, log_access
 log = logging.getLogger("herald")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+
+def dev_directory() -> str:
+    """Where development mode keeps ``dev-secret`` and ``dev-token``: ``.herald/`` in the
+    checkout when this file runs from one (``make run``, ``pip install -e .``), else in
+    the current directory, because an installed ``server.py`` sits in site-packages,
+    which is no place for a secret and is shared by every project of the venv."""
+    in_checkout = os.path.exists(os.path.join(HERE, "setup.cfg"))
+    return os.path.join(HERE if in_checkout else os.getcwd(), ".herald")
+
+
+def uri_database(uri: str | None) -> str | None:
+    """The database a MongoDB URI names (``mongodb://host/mydb?...`` → ``mydb``), or None.
+
+    Parsed by hand, as PyMongo does, because ``pymongo.uri_parser.parse_uri`` resolves
+    ``mongodb+srv://`` names in DNS, which option parsing must not wait for."""
+    if not uri or "://" not in uri:
+        return None
+    path = uri.split("://", 1)[1].partition("/")[2]
+    name = unquote_plus(path.partition("?")[0])
+    return name or None
+
+
 # name, type, default, help — each also HERALD_<NAME>.
 OPTIONS: list[tuple[str, Any, Any, str]] = [
     ("host", str, "127.0.0.1", "address to listen on"),
     ("port", int, 8080, "port to listen on"),
     ("mongo-uri", str, None, "MongoDB URI; without it the embedded in-memory store is used"),
-    ("mongo-database", str, "herald", "MongoDB database name"),
+    ("mongo-database", str, None, "MongoDB database name; default: the one in --mongo-uri, else herald"),
     ("mongo-write-concern", str, "majority", "write concern for publishes (journaled): majority, 1, ..."),
     ("redis-url", str, None, "Redis URL for the broker (several processes); default in-process"),
     ("jwt-secret", str, None, "HS256 shared secret; without it (and no public key) a dev secret is made"),
@@ -63,9 +86,9 @@ OPTIONS: list[tuple[str, Any, Any, str]] = [
 ]
 
 
-def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str], prog: str = "server.py") -> Settings:
     """Command line over environment over defaults, into one typed Settings."""
-    parser = argparse.ArgumentParser(prog="server.py", description="Herald: execution event streams")
+    parser = argparse.ArgumentParser(prog=prog, description="Herald: execution event streams")
     for name, typ, default, help_ in OPTIONS:
         env = "HERALD_" + name.upper().replace("-", "_")
         value = environ.get(env, default)
@@ -85,7 +108,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         host=args.host,
         port=args.port,
         mongo_uri=Secret(args.mongo_uri) if args.mongo_uri else None,
-        mongo_database=args.mongo_database,
+        mongo_database=args.mongo_database or uri_database(args.mongo_uri) or "herald",
         mongo_write_concern=args.mongo_write_concern,
         redis_url=Secret(args.redis_url) if args.redis_url else None,
         jwt_secret=Secret(args.jwt_secret) if args.jwt_secret else None,
@@ -106,8 +129,9 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     )
 
 
-def dev_secret(directory: str = os.path.join(HERE, ".herald")) -> str:
-    """A development secret kept in ``.herald/`` so dev tokens survive restarts."""
+def dev_secret(directory: str | None = None) -> str:
+    """A development secret kept in ``.herald/`` (``dev_directory``) so dev tokens survive restarts."""
+    directory = directory or dev_directory()
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "dev-secret")
     if not os.path.exists(path):
@@ -194,7 +218,7 @@ def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web
 
 def dashboard_url(core: Core, settings: Settings) -> str:
     token = core.auth.mint("dev", ALL_SCOPES, ttl=7 * 86400)
-    path = os.path.join(HERE, ".herald", "dev-token")
+    path = os.path.join(dev_directory(), "dev-token")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as fh:
         fh.write(token)
@@ -238,8 +262,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     await core.stop()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ)
+def main(argv: Sequence[str] | None = None, prog: str = "server.py") -> None:
+    """``python server.py`` and ``herald serve`` (which passes its own ``prog``)."""
+    settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ, prog)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(serve(settings))
 
