@@ -25,11 +25,12 @@ from tornado.httpserver import HTTPServer
 from core.auth import ALL_SCOPES, Authenticator
 from core.broker.base import Broker
 from core.dispatch import Dispatcher
+from core.health import start_health_probe
 from core.runtime import tune_gc
 from core.settings import Secret, Settings
 from core.store.base import Store
 from core.stream import Core
-from handlers import demo, feed, workers
+from handlers import demo, feed, stats, workers
 from handlers.executions import CancelHandler, EventsHandler, ExecutionHandler, ExecutionsHandler, TicketsHandler
 from handlers.ops import HealthHandler, MetricsHandler, NegotiateHandler, ReadyHandler
 from handlers.pages import PageHandler
@@ -185,6 +186,7 @@ def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web
     """The Tornado application: API routes, one stream URL with a rule per transport."""
     c = {"core": core}
     dispatcher = Dispatcher(core)
+    probe = start_health_probe(core, dispatcher)  # store/broker health, queues, the console's figures
     # The stream URL first: it takes almost every request under load (a long-poll is one
     # request per page), and Tornado tries rules in order.
     handlers: list[Any] = [TRANSPORTS[name](core) for name in core.settings.transports]
@@ -197,6 +199,7 @@ def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web
         (r"/healthz", HealthHandler, c),
         (r"/readyz", ReadyHandler, c),
         (r"/metrics", MetricsHandler, c),
+        *stats.routes(core, probe),
         (r"/api/tickets", TicketsHandler, c),
         (r"/api/executions", ExecutionsHandler, c),
         (r"/api/executions/([A-Za-z0-9_-]{1,64})", ExecutionHandler, c),
