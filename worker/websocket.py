@@ -16,6 +16,7 @@ server has not noticed yet) is retried.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -109,14 +110,17 @@ class WorkerRunner:
                 request,
                 subprotocols=["herald.v1"],
                 ping_interval=self.heartbeat,
-                ping_timeout=2 * self.heartbeat,
+                # Tornado caps the timeout at the interval (and warns when it is longer):
+                # a pong missing for one heartbeat means a dead server.
+                ping_timeout=self.heartbeat,
             )
         except (OSError, HTTPClientError, TimeoutError) as exc:
             log.warning("worker %s could not connect: %s", self.name, exc)
             return False
         self._conn = conn
-        if conn.protocol is not None:
-            conn.protocol.stream.set_nodelay(True)  # a lone token must not wait for Nagle
+        stream = conn.protocol.stream if conn.protocol is not None else None
+        if stream is not None:
+            stream.set_nodelay(True)  # a lone token must not wait for Nagle
         ready = False
         pinger = asyncio.ensure_future(self._ping_forever(conn))
         try:
@@ -163,6 +167,9 @@ class WorkerRunner:
         except (WebSocketClosedError, asyncio.CancelledError):
             pass
 
+    def _forget(self, execution_id: str, _task: asyncio.Task) -> None:
+        self.tasks.pop(execution_id, None)
+
     def _on_message(self, conn: WebSocketClientConnection, op: dict[str, Any]) -> None:
         name = op.get("op")
         if name == "execute":
@@ -171,11 +178,11 @@ class WorkerRunner:
             emit = Emit(execution_id, self._sender(conn, execution_id))
             task = asyncio.ensure_future(run_execution(self.worker, execution, emit))
             self.tasks[execution_id] = task
-            task.add_done_callback(lambda _t, i=execution_id: self.tasks.pop(i, None))
+            task.add_done_callback(functools.partial(self._forget, execution_id))
         elif name == "cancel":
-            task = self.tasks.pop(op.get("execution_id", ""), None)
-            if task is not None:
-                task.cancel()
+            running = self.tasks.pop(op.get("execution_id", ""), None)
+            if running is not None:
+                running.cancel()
         elif op.get("control") == "error":
             log.warning("worker %s: server refused a message: %s", self.name, op)
 
