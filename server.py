@@ -26,6 +26,7 @@ from core.auth import ALL_SCOPES, Authenticator
 from core.broker.base import Broker
 from core.dispatch import Dispatcher
 from core.health import start_health_probe
+from core.logs import FORMATS, configure_logging
 from core.runtime import tune_gc
 from core.settings import Secret, Settings
 from core.store.base import Store
@@ -84,6 +85,7 @@ OPTIONS: list[tuple[str, Any, Any, str]] = [
     ("max-attempts", int, 3, "times an execution is handed to a worker before it fails"),
     ("execution-timeout", float, 120.0, "seconds without an event before a running execution fails"),
     ("log-level", str, "info", "debug, info, warning, error"),
+    ("log-format", str, "text", "text (for a terminal) or json (one object per line, for a log shipper)"),
 ]
 
 
@@ -101,6 +103,8 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str], prog: str = 
     unknown = [t for t in transports if t not in TRANSPORTS]
     if unknown or not transports:
         parser.error(f"--transports takes a list of {', '.join(TRANSPORTS)}")
+    if args.log_format not in FORMATS:
+        parser.error(f"--log-format takes one of {', '.join(FORMATS)}")
     public_key = args.jwt_public_key
     if public_key and public_key.startswith("@"):
         with open(public_key[1:]) as fh:
@@ -126,6 +130,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str], prog: str = 
         max_attempts=args.max_attempts,
         execution_timeout=args.execution_timeout,
         log_level=args.log_level,
+        log_format=args.log_format,
         dev=not (args.jwt_secret or public_key),
     )
 
@@ -268,7 +273,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 def main(argv: Sequence[str] | None = None, prog: str = "server.py") -> None:
     """``python server.py`` and ``herald serve`` (which passes its own ``prog``)."""
     settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ, prog)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
 
 

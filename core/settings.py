@@ -47,4 +47,6 @@ class Settings:
     dev: bool = False
     dev_token_file: str | None = None
     log_level: str = "info"
+    #: "text" or "json" (one object per line: core/logs.py).
+    log_format: str = "text"
     extra: dict[str, str] = field(default_factory=dict)
