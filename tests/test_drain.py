@@ -1,0 +1,379 @@
+"""Graceful drain of a real ``server.py`` process (PROTOCOL.md section 8, issue 10).
+
+One process, and open on it at once: a subscriber of an execution's stream on each of
+the three transports, the dashboard feed on each of the three transports, and a worker
+socket. Then ``SIGTERM``. Every client must be told, each in its transport's way:
+
+- every WebSocket (stream, feed, worker) gets a close frame ``1001 server_shutdown``;
+- every SSE response ends cleanly: its chunked body is terminated (or, without
+  chunking, the connection closes after the stream), never cut off mid-body;
+- every held long-poll is answered ``200`` with its documented page shape;
+
+and the process exits 0 with no traceback and no ``ERROR`` line in its log.
+
+The HTTP streams and polls are read on bare sockets, so the test sees the framing
+(``0\\r\\n\\r\\n`` or not) and not a client library's interpretation of it. All outcomes
+are gathered before asserting, so a failure names every client that was not told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+from typing import Any
+
+import jwt
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from tests.services import HeraldProcess
+
+pytestmark = pytest.mark.timeout(60)
+
+#: Seconds from SIGTERM within which every client must be told and the process gone.
+DRAIN_BOUND = 15.0
+#: How long a held long-poll is left alone before SIGTERM, to be sure it is held.
+HOLD = 0.5
+SCOPES = "executions:read executions:write events:publish workers"
+VERSION = re.compile(r"^[^.\s]+\.\d+$")
+SUMMARY_FIELDS = {
+    "id",
+    "owner",
+    "kind",
+    "queue",
+    "worker",
+    "status",
+    "progress",
+    "stage",
+    "error",
+    "last_seq",
+    "created_at",
+    "updated_at",
+}
+
+
+def mint(secret: str, sub: str = "alice") -> str:
+    claims = {"sub": sub, "exp": int(time.time()) + 600, "scope": SCOPES}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+class RawHttp:
+    """One ``GET`` over HTTP/1.1 on a bare socket, read as it arrives.
+
+    ``body`` grows as the response arrives (chunks decoded). When the response is over,
+    ``ended`` says how: ``"chunked"`` (terminating chunk received), ``"length"``
+    (Content-Length bytes received), ``"eof"`` (no framing: closed after the body), or
+    ``None`` with ``error`` set (cut off mid-body, or never answered).
+    """
+
+    def __init__(self, port: int, path: str, headers: dict[str, str]) -> None:
+        self.port = port
+        self.path = path
+        self.headers_out = headers
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
+        self.body = bytearray()
+        self.ended: str | None = None
+        self.error: str | None = None
+        self.finished_at: float | None = None
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> RawHttp:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer = writer
+        head = "".join(f"{k}: {v}\r\n" for k, v in self.headers_out.items())
+        writer.write(f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n{head}\r\n".encode())
+        await writer.drain()
+        self.task = asyncio.ensure_future(self._read(reader))
+        return self
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            self.error = f"connection closed before any answer ({type(exc).__name__})"
+            self._done()
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1])
+        for line in lines[1:]:
+            if ":" in line:
+                name, _, value = line.partition(":")
+                self.headers[name.strip().lower()] = value.strip()
+        try:
+            if "chunked" in self.headers.get("transfer-encoding", "").lower():
+                while True:
+                    size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
+                    if size == 0:
+                        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
+                            pass
+                        self.ended = "chunked"
+                        break
+                    self.body += await reader.readexactly(size)
+                    if await reader.readexactly(2) != b"\r\n":
+                        raise ValueError("bad chunk framing")
+            elif "content-length" in self.headers:
+                self.body += await reader.readexactly(int(self.headers["content-length"]))
+                self.ended = "length"
+            else:
+                while data := await reader.read(65536):
+                    self.body += data
+                self.ended = "eof"
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            self.error = f"body cut off after {len(self.body)} bytes, no end of the response ({type(exc).__name__})"
+        self._done()
+
+    def _done(self) -> None:
+        self.finished_at = time.monotonic()
+        self.writer.close()
+
+    @property
+    def answered(self) -> bool:
+        return self.status is not None
+
+    def sse_messages(self) -> list[tuple[str, Any]]:
+        """The (event, data) of each complete SSE block so far; comments skipped."""
+        out = []
+        text = self.body.decode("utf-8", "replace").replace("\r\n", "\n")
+        for block in text.split("\n\n")[:-1]:
+            event, data = "message", []
+            for line in block.split("\n"):
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+            if data:
+                out.append((event, json.loads("\n".join(data))))
+        return out
+
+    def json(self) -> Any:
+        return json.loads(bytes(self.body))
+
+    def close(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if not self.writer.is_closing():
+            self.writer.close()
+
+
+async def until(predicate: Any, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not established within {timeout}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+class Socket:
+    """A Tornado WebSocket client that collects messages until the close."""
+
+    def __init__(self, conn: WebSocketClientConnection) -> None:
+        self.conn = conn
+        self.messages: list[dict[str, Any]] = []
+        self.closed_at: float | None = None
+        self.task = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def connect(cls, port: int, path: str, token: str) -> Socket:
+        request = HTTPRequest(
+            f"ws://127.0.0.1:{port}{path}",
+            headers={"Authorization": f"Bearer {token}"},
+            connect_timeout=5,
+            request_timeout=5,
+        )
+        return cls(await websocket_connect(request, subprotocols=["herald.v1"]))
+
+    async def _read(self) -> None:
+        while (message := await self.conn.read_message()) is not None:
+            self.messages.append(json.loads(message))
+        self.closed_at = time.monotonic()
+
+    def has(self, **fields: Any) -> bool:
+        return any(all(m.get(k) == v for k, v in fields.items()) for m in self.messages)
+
+    def close(self) -> None:
+        self.conn.close()
+        if not self.task.done():
+            self.task.cancel()
+
+
+def check_socket(name: str, sock: Socket, problems: list[str]) -> None:
+    if sock.closed_at is None:
+        problems.append(f"{name}: still open {DRAIN_BOUND}s after SIGTERM")
+    elif (sock.conn.close_code, sock.conn.close_reason) != (1001, "server_shutdown"):
+        problems.append(
+            f"{name}: closed with code {sock.conn.close_code!r} reason {sock.conn.close_reason!r}"
+            " (want a close frame 1001 server_shutdown; None = dropped without a close frame)"
+        )
+
+
+def check_sse(name: str, stream: RawHttp, problems: list[str]) -> None:
+    if stream.finished_at is None:
+        problems.append(f"{name}: response still open {DRAIN_BOUND}s after SIGTERM")
+    elif stream.error is not None or stream.ended not in ("chunked", "eof"):
+        problems.append(f"{name}: did not end cleanly: {stream.error or stream.ended}")
+
+
+def check_poll(name: str, poll: RawHttp, problems: list[str], shape: Any) -> None:
+    if poll.finished_at is None:
+        problems.append(f"{name}: still held {DRAIN_BOUND}s after SIGTERM")
+        return
+    if poll.error is not None or poll.status != 200:
+        problems.append(f"{name}: not answered 200: status {poll.status!r}, {poll.error or bytes(poll.body)[:300]!r}")
+        return
+    try:
+        problem = shape(poll.json())
+    except ValueError as exc:
+        problem = f"body is not JSON ({exc}): {bytes(poll.body)[:300]!r}"
+    if problem:
+        problems.append(f"{name}: {problem}")
+
+
+def empty_page(last: int) -> Any:
+    """A stream long-poll answered with nothing new: the empty page at the cursor."""
+
+    def shape(body: Any) -> str | None:
+        if body == {"events": [], "next_after": last, "done": False, "reset": None}:
+            return None
+        return f"page {body!r} is not the empty page at next_after={last}"
+
+    return shape
+
+
+def feed_poll_shape(body: Any) -> str | None:
+    """A feed long-poll answer: ``changes`` (or a ``snapshot``, always correct)."""
+    if not isinstance(body, dict) or body.get("type") not in ("changes", "snapshot"):
+        return f"not a feed answer: {body!r}"
+    if set(body) != {"type", "version", "executions"}:
+        return f"fields {sorted(body)} are not type, version, executions"
+    if not isinstance(body["version"], str) or not VERSION.match(body["version"]):
+        return f"version {body['version']!r} is not <epoch>.<n>"
+    rows = body["executions"]
+    if not isinstance(rows, list) or any(not isinstance(r, dict) or set(r) != SUMMARY_FIELDS for r in rows):
+        return f"executions is not a list of summaries: {rows!r}"
+    return None
+
+
+def test_sigterm_tells_every_client_and_exits_cleanly(tmp_path, monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("HERALD_"):
+            monkeypatch.delenv(name)
+    server = HeraldProcess()
+    server.log_path = str(tmp_path / "herald.log")  # a fresh file (the default one is appended to)
+    token = mint(server.secret)
+    bearer = {"Authorization": f"Bearer {token}"}
+    port = server.port
+    problems: list[str] = []
+    exit_code: list[int | None] = [None]
+
+    async def api(path: str, body: Any = None) -> Any:
+        request = HTTPRequest(
+            f"{server.base_url}{path}",
+            method="GET" if body is None else "POST",
+            headers={**bearer, "Content-Type": "application/json"},
+            body=None if body is None else json.dumps(body),
+            request_timeout=10,
+        )
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            return json.loads((await client.fetch(request)).body)
+        finally:
+            client.close()
+
+    async def scenario() -> None:
+        ex = (await api("/api/executions", {"kind": "chat"}))["id"]
+        seqs = (await api(f"/api/executions/{ex}/events", {"event": "token", "data": {"text": "a"}}))["seq"]
+        seqs += (await api(f"/api/executions/{ex}/events", {"event": "progress", "data": {"progress": 40}}))["seq"]
+        last = seqs[-1]
+        assert seqs == [2, 3], seqs  # seq 1 is the server's status event
+        snapshot = await api("/api/executions/feed")
+        assert snapshot["type"] == "snapshot" and [e["id"] for e in snapshot["executions"]] == [ex], snapshot
+
+        stream = f"/api/executions/{ex}/events"
+        sockets = {
+            "stream WebSocket": await Socket.connect(port, stream, token),
+            "feed WebSocket": await Socket.connect(port, "/api/executions/feed", token),
+            "worker WebSocket": await Socket.connect(port, "/api/workers/connect?queue=q1&name=w1", token),
+        }
+        sse_headers = {**bearer, "Accept": "text/event-stream"}
+        streams = {
+            "stream SSE": await RawHttp(port, stream, sse_headers).start(),
+            "feed SSE": await RawHttp(port, "/api/executions/feed", sse_headers).start(),
+        }
+        json_headers = {**bearer, "Accept": "application/json"}
+        polls = {
+            "stream long-poll": await RawHttp(port, f"{stream}?after={last}&wait=30", json_headers).start(),
+            "feed long-poll": await RawHttp(
+                port, f"/api/executions/feed?since={snapshot['version']}&wait=30", json_headers
+            ).start(),
+        }
+        try:
+            # Established: ready, and past the replay / snapshot (so the live
+            # subscription is in place); the polls sent and still held.
+            await until(lambda: sockets["stream WebSocket"].has(seq=last), "stream WebSocket replay")
+            await until(lambda: sockets["stream WebSocket"].has(control="ready"), "stream WebSocket ready")
+            await until(lambda: sockets["feed WebSocket"].has(type="snapshot"), "feed WebSocket snapshot")
+            await until(lambda: sockets["feed WebSocket"].has(control="ready"), "feed WebSocket ready")
+            await until(lambda: sockets["worker WebSocket"].has(control="ready", worker="w1"), "worker ready")
+            sse = streams["stream SSE"]
+            await until(lambda: ("control", {"control": "ready", "transport": "sse"}) in sse.sse_messages(), "SSE")
+            await until(lambda: any(d.get("seq") == last for _, d in sse.sse_messages()), "stream SSE replay")
+            feed = streams["feed SSE"]
+            await until(lambda: ("control", {"control": "ready", "transport": "sse"}) in feed.sse_messages(), "feed")
+            await until(lambda: any(e == "snapshot" for e, _ in feed.sse_messages()), "feed SSE snapshot")
+            await asyncio.sleep(HOLD)
+            for name, client in [*streams.items(), *polls.items()]:
+                assert client.finished_at is None and client.error is None, f"{name} ended before SIGTERM"
+            for name, poll in polls.items():
+                assert not poll.answered, f"{name} was answered before SIGTERM: {bytes(poll.body)!r}"
+            for name, sock in sockets.items():
+                assert sock.closed_at is None, f"{name} closed before SIGTERM"
+
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            deadline = signalled + DRAIN_BOUND
+            everyone = [s.task for s in sockets.values()] + [h.task for h in [*streams.values(), *polls.values()]]
+            await asyncio.wait(everyone, timeout=DRAIN_BOUND)
+            while server.process.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            exit_code[0] = server.process.poll()
+
+            # What each client saw, printed for the failure report.
+            for name, sock in sockets.items():
+                after = None if sock.closed_at is None else round(sock.closed_at - signalled, 3)
+                print(f"{name}: close {sock.conn.close_code} {sock.conn.close_reason!r} after {after}s")
+            for name, http in [*streams.items(), *polls.items()]:
+                after = None if http.finished_at is None else round(http.finished_at - signalled, 3)
+                tail = bytes(http.body[-160:])
+                print(f"{name}: {http.status} ended={http.ended} error={http.error} after {after}s tail={tail!r}")
+            print(f"process: exit {exit_code[0]}")
+            for name, sock in sockets.items():
+                check_socket(name, sock, problems)
+            for name, stream_ in streams.items():
+                check_sse(name, stream_, problems)
+            check_poll("stream long-poll", polls["stream long-poll"], problems, empty_page(last))
+            check_poll("feed long-poll", polls["feed long-poll"], problems, feed_poll_shape)
+        finally:
+            for client in [*sockets.values(), *streams.values(), *polls.values()]:
+                client.close()
+
+    server.start()
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 40))
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.kill()
+    with open(server.log_path, encoding="utf-8", errors="replace") as fh:
+        log = fh.read()
+    if exit_code[0] != 0:
+        problems.append(f"process exit code {exit_code[0]!r} within {DRAIN_BOUND}s of SIGTERM (want 0)")
+    for word in ("Traceback", "ERROR"):
+        if word in log:
+            problems.append(f"the log has {word!r}")
+    assert not problems, "\n".join(problems) + "\n--- server log (last 4000 chars) ---\n" + log[-4000:]
