@@ -1,8 +1,9 @@
 // Herald browser client: follows an execution's event stream (or the dashboard feed)
 // over whichever transport the network allows, and never loses or repeats an event.
 //
-// Plain ES module, no build step. Wire contract: PROTOCOL.md sections 2, 3 and 5;
-// feed format: docs/protocol.md ("The dashboard feed").
+// Plain ES module, no build step. Wire contract and this client's behaviour:
+// docs/protocol.md ("One stream URL, three transports", "The dashboard feed",
+// "The browser client: resuming after a pause").
 //
 //   import { Herald } from "/static/herald.js";
 //   const handle = Herald.follow(id, { token, onEvent, onState, onTokenExpired });
@@ -17,6 +18,10 @@
 // buffers the SSE response all end in that timeout. A transport that once delivered
 // is kept for the page's life; drops are retried with exponential backoff and full
 // jitter. A connection silent for more than two heartbeats is taken for dead.
+// How it resumes after a pause: when the page becomes visible again, comes back from
+// the back/forward cache, or the network returns, it checks its connection at once
+// (`checkTimeout`) and reconnects with its cursor if the check fails; a retry waiting
+// on backoff runs at once. A stream not delivering for `lostAfter` ms reports `lost`.
 // Tokens never go into URLs: the JWT rides in the WebSocket subprotocol list, SSE and
 // long-poll use single-use tickets from POST /api/tickets.
 
@@ -35,7 +40,51 @@ const DEFAULTS = {
   healthyAfter: 10000, // ms open before the backoff resets
   refreshBefore: 30, // s before `exp` to refresh a WebSocket's token in band
   longpollWait: null, // s; default: the server's advertised longpoll_wait
+  checkTimeout: 1000, // ms for a sign of life after the page or the network came back
+  lostAfter: 5000, // ms without delivery before the state `lost` (tell the user)
 };
+
+/** What `onState` reports as `state`. The table NEXT below lists which state may follow
+ *  which, and Channel.moveTo is the one place that changes it. */
+export const ChannelState = Object.freeze({
+  NEGOTIATING: "negotiating", // asking /api/negotiate which transports the server offers
+  CONNECTING: "connecting", // a transport is opening: waits for `ready` or a first page
+  OPEN: "open", // delivering
+  REFRESHING: "refreshing", // the token expired: waiting for onTokenExpired
+  WAITING: "waiting", // dropped; a retry runs in `retryIn` ms (sooner on a resume trigger)
+  LOST: "lost", // nothing delivered for `lostAfter` ms; still retrying until `open`
+  FAILED: "failed", // will not retry: fatal error, no transport, no fresh token
+  DONE: "done", // the stream ended with its terminal event
+  CLOSED: "closed", // the page closed it
+});
+
+const S = ChannelState;
+const ENDED = new Set([S.FAILED, S.DONE, S.CLOSED]);
+const NEXT = Object.freeze({
+  [S.NEGOTIATING]: [S.CONNECTING, S.LOST, S.FAILED, S.CLOSED],
+  // CONNECTING → CONNECTING: fell back to the next transport.
+  [S.CONNECTING]: [S.CONNECTING, S.OPEN, S.WAITING, S.LOST, S.REFRESHING, S.FAILED, S.DONE, S.CLOSED],
+  // OPEN → CONNECTING: a failed check reconnects at once, without backoff.
+  [S.OPEN]: [S.CONNECTING, S.WAITING, S.LOST, S.REFRESHING, S.FAILED, S.DONE, S.CLOSED],
+  [S.REFRESHING]: [S.CONNECTING, S.LOST, S.FAILED, S.DONE, S.CLOSED],
+  [S.WAITING]: [S.CONNECTING, S.LOST, S.DONE, S.CLOSED],
+  // LOST lasts until the stream opens again: attempts and their failures made meanwhile
+  // are reported as LOST (LOST → LOST) so a page's "connection lost" does not flicker.
+  [S.LOST]: [S.LOST, S.OPEN, S.REFRESHING, S.FAILED, S.DONE, S.CLOSED],
+  [S.FAILED]: [S.CLOSED],
+  [S.DONE]: [],
+  [S.CLOSED]: [],
+});
+
+// Page and network events after which the connection may be dead although no timer
+// noticed yet (timers of hidden or frozen pages are throttled or stopped).
+const RESUME_TRIGGERS = [
+  ["window", "online"],
+  ["window", "offline"],
+  ["window", "pageshow"], // also from the back/forward cache
+  ["document", "resume"], // a frozen page runs again
+  ["document", "visibilitychange"], // acted on when it becomes visible
+];
 
 /** Exponential backoff with full jitter: uniform in [0, min(cap, first * 2^attempt)]. */
 export function backoffDelay(attempt, first = 1000, cap = 30000, random = Math.random) {
@@ -66,7 +115,8 @@ export function browserSupports(name) {
 }
 
 class Problem extends Error {
-  /** Why a connection ended: kind is "retry", "timeout", "expired" or "fatal". */
+  /** Why a connection ended: kind is "retry", "timeout", "stale" (no answer to a
+   *  check: reconnect at once), "expired" or "fatal". */
   constructor(kind, detail) {
     super(detail);
     this.kind = kind;
@@ -82,6 +132,8 @@ function problemFromHttp(status, body) {
 }
 
 // --- transports: each opens one connection and reports through `link` --------------
+// Each returns { send(message), check(), close() }: `check()` asks for a sign of life
+// where the transport can ask; the channel times the answer.
 
 function openWebSocket(link) {
   const url = new URL(link.url(), location.href);
@@ -107,8 +159,10 @@ function openWebSocket(link) {
     else if (FATAL_CLOSE_CODES.has(e.code)) link.end(new Problem("fatal", `closed ${e.code} ${e.reason}`));
     else link.end(new Problem("retry", `closed ${e.code}${e.reason ? " " + e.reason : ""}`));
   };
+  const send = (message) => socket.readyState === 1 && socket.send(JSON.stringify(message));
   return {
-    send: (message) => socket.readyState === 1 && socket.send(JSON.stringify(message)),
+    send,
+    check: () => send({ op: "ping" }), // any frame back is the answer; `pong` comes first
     close: () => {
       clearInterval(pinger);
       socket.onclose = socket.onmessage = null;
@@ -160,26 +214,31 @@ function openSse(link) {
   })().catch((err) => {
     if (!abort.signal.aborted) link.end(err instanceof Problem ? err : new Problem("retry", String(err)));
   });
-  return { send: () => false, close: () => abort.abort() };
+  // SSE cannot ask the server anything: the check waits for any byte.
+  return { send: () => false, check: () => {}, close: () => abort.abort() };
 }
 
 function openLongPoll(link) {
-  const abort = new AbortController();
   let stopped = false;
+  let poll = null; // the AbortController of the request in flight; its reason says why
+  let wait = 0; // the first poll answers at once: that response is the `ready`
   (async () => {
-    let wait = 0; // the first poll answers at once: that response is the `ready`
     while (!stopped) {
       const ticket = await link.ticket();
-      const timer = setTimeout(() => abort.abort(), wait * 1000 + link.connectTimeoutMs());
-      let res;
+      const current = (poll = new AbortController());
+      const timer = setTimeout(() => current.abort("timeout"), wait * 1000 + link.connectTimeoutMs());
+      let res, body;
       try {
-        res = await fetch(link.url({ ticket, wait }), { cache: "no-store", signal: abort.signal });
+        res = await fetch(link.url({ ticket, wait }), { cache: "no-store", signal: current.signal });
+        body = await res.json().catch(() => null);
+      } catch (err) {
+        if (current.signal.reason !== "check") throw err;
       } finally {
         clearTimeout(timer);
       }
-      const body = await res.json().catch(() => null);
-      if (!res.ok) throw problemFromHttp(res.status, body);
       if (stopped) return;
+      if (current.signal.reason === "check") continue; // asked again at once, same cursor
+      if (!res.ok) throw problemFromHttp(res.status, body);
       link.receive({ control: "ready", transport: "longpoll" });
       link.page(body);
       if (link.finished()) return;
@@ -187,14 +246,20 @@ function openLongPoll(link) {
     }
   })().catch((err) => {
     if (stopped) return;
-    if (abort.signal.aborted) link.end(new Problem("timeout", "no response in time"));
+    if (poll && poll.signal.reason === "timeout") link.end(new Problem("timeout", "no response in time"));
     else link.end(err instanceof Problem ? err : new Problem("retry", String(err)));
   });
   return {
     send: () => false,
+    // A held poll may sit on a dead connection: drop it and poll at once (wait 0); the
+    // answer is the sign of life and carries whatever was published meanwhile.
+    check: () => {
+      wait = 0;
+      if (poll) poll.abort("check");
+    },
     close: () => {
       stopped = true;
-      abort.abort();
+      if (poll) poll.abort("closed");
     },
   };
 }
@@ -204,34 +269,58 @@ const TRANSPORTS = { websocket: openWebSocket, sse: openSse, longpoll: openLongP
 // --- the connection manager shared by `follow` and `feed` ------------------------
 
 class Channel {
-  /** Negotiation, fallback, backoff, heartbeats and tokens for one resource.
-   *  `spec` says what the resource is: its path, its query for a (re)connect, what
-   *  to do with a message or a long-poll page, and whether it has finished. */
+  /** Negotiation, fallback, backoff, heartbeats, resume checks and tokens for one
+   *  resource. `spec` says what the resource is: its path, its query for a
+   *  (re)connect, what to do with a message or a long-poll page, and whether it has
+   *  finished. `state` (a ChannelState) is the one field saying where the channel is. */
   constructor(spec, options) {
     this.spec = spec;
     this.o = { ...DEFAULTS, ...options };
     this.token = this.o.token;
-    this.closed = false;
+    this.state = S.NEGOTIATING;
     this.transport = null;
     this.reason = "";
     this.reconnects = 0;
     this.attempt = 0; // failures since the last healthy connection
+    this.expiredInARow = 0; // token expiries without an open connection between them
     this.working = null; // the transport that delivered; kept for the page's life
     this.candidates = [];
     this.index = 0;
-    this.conn = null;
-    this.generation = 0;
+    this.negotiated = { heartbeat: 15, longpoll_wait: 25 };
+    this.conn = null; // the connection open or opening, else null (waiting, refreshing)
+    this.generation = 0; // bumped per connection: callbacks of older ones are ignored
     this.timers = {};
     this.lastHeard = 0;
-    this.everOpen = false;
+    this.downSince = null; // ms timestamp since which nothing is known to deliver
+    this.pageWatch = this.watchPage();
+    this.report();
     this.start();
   }
 
-  state(name, extra = {}) {
-    this.stateName = name;
+  /** The one place the state changes: checks the transition, keeps the `lost` clock
+   *  (started when the stream stops delivering, stopped when it opens) and reports. */
+  moveTo(next, extra = {}) {
+    if (!NEXT[this.state].includes(next)) throw new Error(`herald: no transition ${this.state} → ${next}`);
+    this.state = next;
+    clearTimeout(this.timers.lost);
+    if (next === S.OPEN) this.downSince = null;
+    else if (ENDED.has(next)) this.pageWatch.abort();
+    else {
+      this.downSince ??= Date.now();
+      // Not while REFRESHING: the page's onTokenExpired is at work, and a resume from
+      // LOST would reconnect with the expired token; `connect` reports LOST after it.
+      if (next !== S.LOST && next !== S.REFRESHING) {
+        const left = this.downSince + this.o.lostAfter - Date.now();
+        this.timers.lost = setTimeout(() => this.moveTo(S.LOST), Math.max(0, left));
+      }
+    }
+    this.report(extra);
+  }
+
+  report(extra = {}) {
     if (this.o.onState) {
       this.o.onState({
-        state: name,
+        state: this.state,
         transport: this.transport,
         reason: this.reason,
         reconnects: this.reconnects,
@@ -242,10 +331,31 @@ class Channel {
     }
   }
 
+  /** Where the stream stands once the current connection is given up: LOST when
+   *  nothing was delivered for `lostAfter` ms, else `otherwise`. */
+  downState(otherwise) {
+    const lost = this.state === S.LOST || (this.downSince !== null && Date.now() - this.downSince >= this.o.lostAfter);
+    return lost ? S.LOST : otherwise;
+  }
+
+  /** Listens for the page and network events after which the connection may be dead;
+   *  the returned controller removes the listeners when the channel ends. */
+  watchPage() {
+    const watch = new AbortController();
+    if (typeof window === "undefined" || typeof document === "undefined") return watch;
+    for (const [where, type] of RESUME_TRIGGERS) {
+      const target = where === "window" ? window : document;
+      target.addEventListener(
+        type,
+        () => (type !== "visibilitychange" || document.visibilityState === "visible") && this.resume(type),
+        { signal: watch.signal },
+      );
+    }
+    return watch;
+  }
+
   async start() {
-    this.state("negotiating");
     let offered = ["websocket", "sse", "longpoll"];
-    this.negotiated = { heartbeat: 15, longpoll_wait: 25 };
     try {
       const res = await fetch(this.o.baseUrl + "/api/negotiate", { cache: "no-store" });
       if (res.ok) {
@@ -255,29 +365,29 @@ class Channel {
     } catch {
       // The server is unreachable: try every transport in the default order.
     }
+    if (ENDED.has(this.state)) return; // closed while negotiating
     const forced = this.o.transports ? [].concat(this.o.transports) : null;
     const wanted = forced || offered;
     this.candidates = wanted.filter((t) => (forced || offered.includes(t)) && TRANSPORTS[t] && browserSupports(t));
     const skipped = wanted.filter((t) => !this.candidates.includes(t));
-    this.firstReason = forced ? "forced by the page" : "first the server offers";
-    if (skipped.length) this.firstReason += ` (skipped ${skipped.join(", ")}: not in this browser)`;
-    this.reason = this.firstReason;
+    this.reason = forced ? "forced by the page" : "first the server offers";
+    if (skipped.length) this.reason += ` (skipped ${skipped.join(", ")}: not in this browser)`;
     if (!this.candidates.length) {
       this.reason = "no transport both offered and supported";
-      return this.state("failed");
+      return this.moveTo(S.FAILED);
     }
     this.connect();
   }
 
   connect() {
-    if (this.closed) return;
+    if (ENDED.has(this.state)) return;
     if (this.spec.finished()) return this.finish();
+    this.stopConnection(); // at most one connection: a resume may start one early
     const name = this.working || this.candidates[this.index];
-    const generation = ++this.generation;
-    const live = (f) => (...args) => (generation === this.generation && !this.closed ? f(...args) : undefined);
+    const generation = this.generation;
+    const live = (f) => (...args) => (generation === this.generation && !ENDED.has(this.state) ? f(...args) : undefined);
     this.transport = name;
-    this.open = false;
-    this.state("connecting");
+    this.moveTo(this.downState(S.CONNECTING));
     const link = {
       token: () => this.token,
       ticket: () => this.ticket(),
@@ -285,13 +395,13 @@ class Channel {
       heartbeatMs: () => this.negotiated.heartbeat * 1000,
       connectTimeoutMs: () => this.o.connectTimeout,
       longpollWait: () => this.o.longpollWait ?? this.negotiated.longpoll_wait,
-      finished: () => this.spec.finished() || this.closed,
+      finished: () => this.spec.finished() || ENDED.has(this.state),
       receive: live((m) => this.receive(m)),
       page: live((body) => {
         this.spec.page(body);
         if (this.spec.finished()) this.finish();
       }),
-      alive: live(() => (this.lastHeard = Date.now())),
+      alive: live(() => this.heard()),
       end: live((problem) => this.ended(problem)),
     };
     this.timers.connect = setTimeout(
@@ -326,8 +436,17 @@ class Channel {
     return body.ticket;
   }
 
-  receive(message) {
+  /** Something arrived: the connection lives, and a pending check has its answer. */
+  heard() {
     this.lastHeard = Date.now();
+    if (this.timers.check === undefined) return;
+    clearTimeout(this.timers.check);
+    delete this.timers.check;
+    if (this.state === S.OPEN) this.downSince = null; // an `offline` that did not cut us
+  }
+
+  receive(message) {
+    this.heard();
     if (message.control) {
       const c = message.control;
       if (c === "ready") return this.opened();
@@ -348,9 +467,7 @@ class Channel {
   }
 
   opened() {
-    if (this.open) return;
-    this.open = true;
-    this.everOpen = true;
+    if (this.state === S.OPEN) return;
     this.expiredInARow = 0;
     clearTimeout(this.timers.connect);
     if (!this.working) this.working = this.transport;
@@ -364,7 +481,35 @@ class Channel {
     }
     this.timers.healthy = setTimeout(() => (this.attempt = 0), this.o.healthyAfter);
     if (this.transport === "websocket") this.scheduleRefresh();
-    this.state("open");
+    this.moveTo(S.OPEN);
+  }
+
+  /** On a page or network event (RESUME_TRIGGERS): an open connection is checked, a
+   *  retry waiting on backoff runs now, and on `online` an attempt begun while the
+   *  network was down (which may hang until `connectTimeout`) starts over. */
+  resume(trigger) {
+    if (this.state === S.OPEN) {
+      if (trigger === "offline") this.downSince ??= Date.now(); // `lost` counts from here
+      return this.check(trigger);
+    }
+    if (trigger === "offline" || ENDED.has(this.state)) return;
+    if (this.state === S.NEGOTIATING || this.state === S.REFRESHING) return; // they go on to connect
+    if (this.conn && trigger !== "online") return; // an attempt is under way, with its own timeout
+    this.reason = `resumed at once on ${trigger}`;
+    this.connect();
+  }
+
+  /** Asks the open connection for a sign of life (see the transports' `check`); none
+   *  within `checkTimeout` ends it as stale, and `ended` reconnects at once. */
+  check(trigger) {
+    if (this.timers.check !== undefined) return; // one check at a time
+    const generation = this.generation;
+    this.conn.check();
+    this.timers.check = setTimeout(() => {
+      delete this.timers.check;
+      if (generation !== this.generation || this.state !== S.OPEN) return;
+      this.ended(new Problem("stale", `no sign of life ${this.o.checkTimeout} ms after ${trigger}`));
+    }, this.o.checkTimeout);
   }
 
   scheduleRefresh() {
@@ -377,7 +522,7 @@ class Channel {
     this.timers.refresh = setTimeout(async () => {
       try {
         const fresh = await this.o.onTokenExpired();
-        if (!fresh || generation !== this.generation || this.closed) return;
+        if (!fresh || generation !== this.generation || ENDED.has(this.state)) return;
         this.token = fresh;
         this.conn.send({ op: "auth", token: fresh });
       } catch {
@@ -386,41 +531,50 @@ class Channel {
     }, Math.max(0, left - margin));
   }
 
+  /** Drops the current connection and its timers (not the `lost` clock). */
   stopConnection() {
     this.generation++;
-    for (const t of ["connect", "healthy", "refresh", "retry"]) clearTimeout(this.timers[t]);
+    for (const t of ["connect", "healthy", "refresh", "retry", "check"]) clearTimeout(this.timers[t]);
     clearInterval(this.timers.watchdog);
+    delete this.timers.check;
     if (this.conn) this.conn.close();
     this.conn = null;
   }
 
   async ended(problem) {
-    const wasOpen = this.open;
+    const wasOpen = this.state === S.OPEN;
     const failed = this.transport;
     this.stopConnection();
-    this.open = false;
-    if (this.closed) return;
+    if (ENDED.has(this.state)) return;
     if (this.spec.finished()) return this.finish();
     if (problem.kind === "fatal") {
       this.reason = problem.message;
-      return this.state("failed", { error: problem.message });
+      return this.moveTo(S.FAILED, { error: problem.message });
     }
     if (problem.kind === "expired") {
-      this.expiredInARow = (this.expiredInARow || 0) + 1;
+      this.expiredInARow++;
       if (!this.o.onTokenExpired || this.expiredInARow > 2) {
         this.reason = "the token expired and no fresh one came";
-        return this.state("failed", { error: problem.message });
+        return this.moveTo(S.FAILED, { error: problem.message });
       }
-      this.state("refreshing");
+      this.moveTo(S.REFRESHING);
+      let fresh;
       try {
-        this.token = await this.o.onTokenExpired();
+        fresh = await this.o.onTokenExpired();
       } catch (err) {
+        if (ENDED.has(this.state)) return;
         this.reason = "onTokenExpired failed: " + err;
-        return this.state("failed", { error: String(err) });
+        return this.moveTo(S.FAILED, { error: String(err) });
       }
-      if (this.closed) return;
+      if (ENDED.has(this.state)) return;
+      this.token = fresh;
       this.reconnects++;
       this.reason = `resumed with a fresh token (${problem.message})`;
+      return this.connect();
+    }
+    if (problem.kind === "stale") {
+      this.reconnects++;
+      this.reason = `${failed} gave ${problem.message}; reconnected at once`;
       return this.connect();
     }
     if (!wasOpen && !this.working && this.index + 1 < this.candidates.length) {
@@ -432,23 +586,21 @@ class Channel {
     const delay = backoffDelay(this.attempt, this.o.backoffFirst, this.o.backoffCap);
     this.reconnects++;
     this.reason = `${failed} ${wasOpen ? "dropped" : "failed"} (${problem.message}); retrying`;
-    this.state("waiting", { retryIn: Math.round(delay) });
+    this.moveTo(this.downState(S.WAITING), { retryIn: Math.round(delay) });
     this.attempt++;
     this.timers.retry = setTimeout(() => this.connect(), delay);
   }
 
   finish() {
-    if (this.closed) return;
-    this.closed = true;
+    if (ENDED.has(this.state)) return;
     this.stopConnection();
-    this.state("done");
+    this.moveTo(S.DONE);
   }
 
   close() {
-    if (this.closed) return;
-    this.closed = true;
+    if (this.state === S.DONE || this.state === S.CLOSED) return;
     this.stopConnection();
-    this.state("closed");
+    this.moveTo(S.CLOSED);
   }
 }
 
@@ -542,5 +694,5 @@ export async function api(token, method, path, body, baseUrl = "") {
   return answer;
 }
 
-export const Herald = { follow, feed, api, tokenExp, backoffDelay, browserSupports };
+export const Herald = { follow, feed, api, tokenExp, backoffDelay, browserSupports, ChannelState };
 export default Herald;
