@@ -76,7 +76,7 @@ def test_token_is_accepted_by_a_server_with_that_secret() -> None:
     assert done.returncode == 0, done.stderr
     principal = Authenticator(secret=SECRET).decode(done.stdout.strip())
     assert principal.sub == "bob" and set(principal.scopes) == set(herald_cli.DEFAULT_SCOPES.split())
-    assert set(principal.executions) == {"ex_a", "ex_b"}
+    assert principal.executions == frozenset({"ex_a", "ex_b"})
 
 
 def test_token_refusals() -> None:
