@@ -1,7 +1,8 @@
 """An example worker that streams a long answer token by token, as an LLM would.
 
-No model is downloaded: a small local generator strings words from the question and
-a fixed vocabulary, deterministically (the same question gives the same answer).
+No model is downloaded: a small local generator writes an answer about the question's
+subject from a few sentence shapes, deterministically (the same question gives the
+same answer, another question another one).
 
     python examples/llm_worker.py --queue chat
 
@@ -23,19 +24,47 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from examples.common import run_cli  # noqa: E402
 from worker import Emit, Worker  # noqa: E402
 
-VOCABULARY = (
-    "the stream carries every event in order and a client that reconnects resumes from its cursor "
-    "so nothing is lost while the answer is written one token at a time across websocket sse and long poll"
-).split()
+#: Sentence shapes the answer is built from; ``{topic}`` is the question's subject.
+SENTENCES = (
+    "Looking at {topic}, the first thing that changed was a deploy {minutes} minutes before the symptoms.",
+    "The {percentile}th percentile latency of {topic} went from {before} ms to {after} ms.",
+    "Most of that time is spent waiting on a downstream call that used to be cached.",
+    "The logs around {topic} show {retries} retries from the same {count} clients.",
+    "Nothing in the error rate moved, which points at slowness rather than failures.",
+    "Rolling back the last change to {topic} is the quickest way to confirm it.",
+    "If that is not possible, raising the cache lifetime to {ttl} seconds should bring latency back down.",
+    "Watch the same dashboards for {watch} minutes after the change to see whether it holds.",
+)
 
 
 def generate(prompt: str, count: int) -> Iterator[str]:
-    """``count`` tokens (words with their leading space) seeded by the prompt."""
+    """``count`` tokens (words with their leading space) of an answer about the
+    question's subject: the same question gives the same answer, another question a
+    different one (the sentences, their order and their numbers are seeded by it)."""
     rng = random.Random(prompt)
-    words = [w for w in prompt.lower().split() if w.isalpha()] or ["answer"]
-    for i in range(count):
-        word = rng.choice(words) if rng.random() < 0.2 else rng.choice(VOCABULARY)
-        yield (" " if i else "") + word + ("." if i % 17 == 16 else "")
+    words = [w.strip("?.!,") for w in prompt.split()]
+    topic = " ".join(w for w in words[2:7] if w) or "the service"
+    order = list(SENTENCES)
+    rng.shuffle(order)
+    produced = 0
+    while produced < count:
+        for shape in order:
+            sentence = shape.format(
+                topic=topic,
+                minutes=rng.randrange(3, 90),
+                percentile=rng.choice((95, 99)),
+                before=rng.randrange(80, 300),
+                after=rng.randrange(400, 2000),
+                retries=rng.randrange(100, 9000),
+                count=rng.randrange(2, 40),
+                ttl=rng.choice((30, 60, 300)),
+                watch=rng.choice((10, 15, 30)),
+            )
+            for word in sentence.split():
+                if produced == count:
+                    return
+                yield (" " if produced else "") + word
+                produced += 1
 
 
 class LlmWorker(Worker):

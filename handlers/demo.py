@@ -1,4 +1,4 @@
-"""``POST /api/demo`` ``{speed?, demo?}``: start a demo execution owned by the caller, so
+"""``POST /api/demo`` ``{speed?, demo?, prompt?}``: start a demo execution owned by the caller, so
 the dashboard's buttons show Herald working.
 
 ``demo`` is ``"diagnosis"`` (the default) or ``"llm"``. When a worker serves the demo's
@@ -46,18 +46,22 @@ class DemoHandler(ApiHandler):
         require(self.principal, Scope.EXECUTIONS_WRITE)
         body = self.json_body(optional=True)
         if not isinstance(body, dict):
-            raise bad_request("the body must be an object {speed?, demo?}")
+            raise bad_request("the body must be an object {speed?, demo?, prompt?}")
         speed = body.get("speed", 1)
         if not isinstance(speed, int | float) or isinstance(speed, bool) or not 0.1 <= speed <= 100:
             raise bad_request("speed must be a number between 0.1 and 100")
         name = body.get("demo", "diagnosis")
         if name not in DEMOS:
             raise bad_request("demo must be 'diagnosis' or 'llm'")
-        plan = worker_demo(name, float(speed))
+        prompt = body.get("prompt")
+        if prompt is not None and (not isinstance(prompt, str) or not 1 <= len(prompt.strip()) <= 300):
+            raise bad_request("prompt must be a string of 1 to 300 characters")
+        prompt = prompt.strip() if prompt else None
+        plan = worker_demo(name, float(speed), prompt)
         if await served(self.dispatcher, plan.queue):
             execution = await self.core.create_execution(self.principal.sub, plan.kind, plan.input, plan.queue)
         else:
-            execution = await self.simulator.start(self.principal.sub, float(speed))
+            execution = await self.simulator.start(self.principal.sub, float(speed), prompt)
         self.set_header("Location", f"/api/executions/{execution.id}")
         self.answer(201, execution.to_public())
 
