@@ -213,6 +213,7 @@ def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web
     handlers += extra_handlers or []
     handlers += [
         (r"/", PageHandler, {"core": core, "template": "dashboard.html"}),
+        (r"/overview", PageHandler, {"core": core, "template": "overview.html"}),
         (r"/executions/([A-Za-z0-9_-]{1,64})", PageHandler, {"core": core, "template": "execution.html"}),
     ]
     return tornado.web.Application(

@@ -1,13 +1,42 @@
 // The execution page: event log, streamed text as it arrives, the outcome in plain
 // words, and a badge with the live transport and reconnect count.
 import { Herald } from "/static/herald.js";
-import { badge, elapsed, freshToken, notice, pageToken, showWho, urlOptions } from "/static/session.js";
+import {
+  badge,
+  clearProblem,
+  elapsed,
+  explain,
+  freshToken,
+  pageToken,
+  problem,
+  PROBLEMS,
+  resumeNow,
+  showWho,
+  TERMINAL,
+  urlOptions,
+} from "/static/session.js";
 
 const id = document.getElementById("execution").dataset.executionId;
 const token = pageToken();
 const $ = (x) => document.getElementById(x);
 let created = null;
 let count = 0;
+let status = "pending";
+let kind = null;
+
+/** What to do about an error, by error_type. */
+const ADVICE = {
+  timeout: "Check the worker's log and host; start the execution again once the worker is healthy.",
+  worker_lost: "The worker's connection kept dropping: check its network and memory, then start it again.",
+};
+
+/** The answer box of a run that ended before writing anything says so. */
+function nothingCame(how) {
+  if ($("stream-text").textContent) return;
+  $("stream-empty").hidden = false;
+  $("stream-empty").textContent =
+    kind === "chat" ? `No text was written before it ${how}.` : `No findings were reported before it ${how}.`;
+}
 
 const FRIENDLY = {
   timeout: "It stopped reporting progress and timed out.",
@@ -15,10 +44,24 @@ const FRIENDLY = {
   cancelled: "It was cancelled.",
 };
 
-function setStatus(status) {
-  $("status").textContent = status;
-  $("status").dataset.status = status;
-  $("bar").dataset.status = status;
+function setStatus(next) {
+  status = next;
+  $("status").textContent = next;
+  $("status").dataset.status = next;
+  delete $("status").dataset.stale;
+  $("status").title = "";
+  $("bar").dataset.status = next;
+  $("cancel").hidden = TERMINAL.has(next);
+}
+
+/** While the server cannot be reached, the status is only the last one known. */
+function markStale(stale) {
+  const el = $("status");
+  if (stale && !TERMINAL.has(status)) {
+    el.dataset.stale = "true";
+    el.textContent = `${status}?`;
+    el.title = "last known status: the server does not answer right now";
+  } else if (el.dataset.stale) setStatus(status);
 }
 
 function setProgress(progress, stage, text) {
@@ -34,8 +77,25 @@ function phase(name) {
   for (const li of $("phases").children) {
     li.className = li.dataset.phase === name ? "current" : reached ? "past" : "";
     if (li.dataset.phase === name) reached = false;
+    if (li.dataset.phase === "done") li.textContent = "Done";
   }
   $("caret").hidden = name !== "streaming";
+}
+
+/** A run that ended without finishing: the phases it reached stay, the rest is crossed
+ * out, and the last one names how it ended. */
+function phaseEnded(how) {
+  $("phases").hidden = kind !== "chat";
+  const streamed = Boolean($("stream-text").textContent);
+  for (const li of $("phases").children) {
+    if (li.dataset.phase === "sending") li.className = "past";
+    else if (li.dataset.phase === "streaming") li.className = streamed ? "past" : "skipped";
+    else {
+      li.className = "ended";
+      li.textContent = how;
+    }
+  }
+  $("caret").hidden = true;
 }
 
 function outcome(kind, html) {
@@ -59,6 +119,10 @@ function summarise(event) {
       return `${d.progress}%${d.stage ? " · " + d.stage : ""}${d.status_text ? " · " + d.status_text : ""}`;
     case "token":
       return JSON.stringify(d.text);
+    case "complete":
+      return completeSummary(d.result);
+    case "cancelled":
+      return d.reason ? `reason: ${d.reason}` : "no reason given";
     case "log":
       return `[${d.level}] ${d.message}`;
     case "status":
@@ -68,6 +132,18 @@ function summarise(event) {
     default:
       return JSON.stringify(d);
   }
+}
+
+/** A `complete` row in words: the answer's text, a summary, or the result's fields. */
+function completeSummary(r) {
+  if (r && typeof r === "object") {
+    const text = r.answer || r.text || r.summary;
+    if (typeof text === "string") return text.length > 160 ? text.slice(0, 157) + "…" : text;
+    return Object.entries(r)
+      .map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`)
+      .join(" · ");
+  }
+  return r === undefined || r === null ? "finished" : String(r);
 }
 
 function logRow(event) {
@@ -84,6 +160,7 @@ function logRow(event) {
   tr.children[2].className = "mono event-" + event.event;
   $("log").prepend(tr);
   $("count").textContent = `(${++count})`;
+  tr.children[3].title = tr.children[3].textContent;
 }
 
 function onEvent(event) {
@@ -131,15 +208,25 @@ function onEvent(event) {
       outcome("ok", parts);
       break;
     }
-    case "error":
+    case "error": {
       setStatus("failed");
-      phase("done");
-      outcome("bad", [para("It failed. " + (FRIENDLY[d.error_type] || d.message || "No reason was given."), "lead"),
-        para(`(${d.error_type}${d.message && FRIENDLY[d.error_type] ? ": " + d.message : ""})`, "muted")]);
+      phaseEnded("Failed");
+      nothingCame("failed");
+      const parts = [para("It failed. " + (FRIENDLY[d.error_type] || d.message || "No reason was given."), "lead")];
+      const detail = document.createElement("p");
+      const code = document.createElement("code");
+      code.className = "error-type";
+      code.textContent = d.error_type;
+      detail.append(code, d.message ? ` ${d.message}` : "");
+      parts.push(detail);
+      if (ADVICE[d.error_type]) parts.push(para(ADVICE[d.error_type], "muted"));
+      outcome("bad", parts);
       break;
+    }
     case "cancelled":
       setStatus("cancelled");
-      phase("done");
+      phaseEnded("Cancelled");
+      nothingCame("was cancelled");
       outcome("bad", [para("It was cancelled" + (d.reason ? ": " + d.reason : "."), "lead")]);
       break;
   }
@@ -190,9 +277,41 @@ async function refreshRunner() {
   }
 }
 
+/** The execution's input: the question asked, as a quote, and the other fields. */
+function showInput(input) {
+  const fields = Object.entries(input || {}).filter(([k]) => k !== "prompt");
+  $("input-card").hidden = !(input && (input.prompt || fields.length));
+  if (input && typeof input.prompt === "string") {
+    $("prompt").hidden = false;
+    $("prompt").textContent = input.prompt;
+  }
+  $("input-fields").replaceChildren(
+    ...fields.flatMap(([k, v]) => {
+      const dt = document.createElement("dt");
+      dt.textContent = k;
+      const dd = document.createElement("dd");
+      dd.className = "mono";
+      dd.textContent = typeof v === "object" ? JSON.stringify(v) : String(v);
+      return [dt, dd];
+    }),
+  );
+}
+
+/** The whole page replaced by one state in words (not found, forbidden, no token). */
+function pageState(p, icon) {
+  $("page-body").hidden = true;
+  $("page-state").hidden = false;
+  $("page-state").dataset.kind = p.kind;
+  $("state-icon").textContent = icon;
+  $("state-title").textContent = p.title;
+  $("state-text").textContent = p.text;
+}
+
 function showDocument(ex) {
   created = ex.created_at;
+  kind = ex.kind;
   showRunner(ex);
+  showInput(ex.input);
   if (ex.kind !== "chat") {
     $("answer-title").textContent = "Results";
     $("stream-empty").textContent = "Findings appear here as the worker reports them.";
@@ -204,27 +323,57 @@ function showDocument(ex) {
   if (ex.kind === "chat") phase(ex.status === "pending" || ex.status === "running" ? "sending" : "done");
 }
 
-if (!token) {
-  notice("No token. Open the URL the server printed (it ends in #token=...).");
-} else {
-  showWho(token);
+async function start() {
+  let ex;
   try {
-    showDocument(await Herald.api(token, "GET", `/api/executions/${id}`));
+    ex = await Herald.api(token, "GET", `/api/executions/${id}`);
   } catch (err) {
-    notice("Cannot show this execution: " + err.message);
+    const p = explain(err, "see this execution");
+    if (p.kind === "not-found") return pageState(PROBLEMS.notFound(`Execution ${id}`), "?");
+    if (p.kind === "forbidden") {
+      return pageState({ ...p, title: "This execution is not yours to see" }, "⛔");
+    }
+    if (p.kind === "expired" || p.kind === "unauthorized") return pageState(p, "🔑");
+    return problem(p, { seconds: 5, run: start }); // unreachable or busy: try again
   }
+  clearProblem();
+  showDocument(ex);
   window.heraldHandle = Herald.follow(id, {
     token,
     ...urlOptions(),
     onEvent,
     onTokenExpired: freshToken,
-    onReset(ex) {
-      showDocument(ex);
-      logRow({ seq: ex.last_seq, timestamp: ex.updated_at, event: "reset", data: { note: "older events were dropped by retention" } });
+    onReset(doc) {
+      showDocument(doc);
+      logRow({ seq: doc.last_seq, timestamp: doc.updated_at, event: "reset", data: { note: "older events were dropped by retention" } });
     },
     onState(s) {
       badge($("transport-badge"), s);
-      if (s.state === "failed") notice("The stream stopped: " + s.reason);
+      const down = s.state === "waiting" || s.state === "lost";
+      markStale(down);
+      if (down && s.retryIn !== undefined) problem(PROBLEMS.unreachable(), { seconds: s.retryIn / 1000, run: resumeNow });
+      else if (s.state === "open" || s.state === "done") clearProblem();
+      else if (s.state === "failed") {
+        problem({ kind: "failed", title: "The live stream stopped", text: `${s.reason}. Reload the page to try again.` });
+      }
     },
   });
+}
+
+$("cancel").addEventListener("click", async () => {
+  $("cancel").disabled = true;
+  try {
+    await Herald.api(token, "POST", `/api/executions/${id}/cancel`, { reason: "cancelled from its page" });
+  } catch (err) {
+    if (err.code !== "stream_closed") problem(explain(err, "cancel this execution"));
+  } finally {
+    $("cancel").disabled = false;
+  }
+});
+
+if (!token) {
+  pageState(PROBLEMS.noToken(), "🔑");
+} else {
+  showWho(token);
+  start();
 }
