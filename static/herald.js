@@ -427,6 +427,9 @@ class Channel {
         method: "POST",
         headers: { Authorization: "Bearer " + this.token },
         cache: "no-store",
+        // A request on a pooled connection that died silently would wait forever (and,
+        // between long-polls, no other timer would notice).
+        signal: AbortSignal.timeout(this.o.connectTimeout),
       });
     } catch (err) {
       throw new Problem("retry", "ticket: " + err);
@@ -543,6 +546,7 @@ class Channel {
 
   async ended(problem) {
     const wasOpen = this.state === S.OPEN;
+    const checking = this.timers.check !== undefined; // dropped while being checked
     const failed = this.transport;
     this.stopConnection();
     if (ENDED.has(this.state)) return;
@@ -572,9 +576,12 @@ class Channel {
       this.reason = `resumed with a fresh token (${problem.message})`;
       return this.connect();
     }
-    if (problem.kind === "stale") {
+    if (problem.kind === "stale" || (checking && problem.kind === "retry")) {
+      // The check found the connection dead (no answer, or it broke on the ping): the
+      // network is most likely back, so no backoff.
       this.reconnects++;
-      this.reason = `${failed} gave ${problem.message}; reconnected at once`;
+      const what = problem.kind === "stale" ? `gave ${problem.message}` : `dropped on a check (${problem.message})`;
+      this.reason = `${failed} ${what}; reconnected at once`;
       return this.connect();
     }
     if (!wasOpen && !this.working && this.index + 1 < this.candidates.length) {
