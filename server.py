@@ -30,13 +30,14 @@ from core.logs import FORMATS, configure_logging
 from core.runtime import tune_gc
 from core.settings import Secret, Settings
 from core.store.base import Store
-from core.stream import Core
+from core.service import Core
 from handlers import demo, feed, stats, workers
 from handlers.executions import CancelHandler, EventsHandler, ExecutionHandler, ExecutionsHandler, TicketsHandler
 from handlers.ops import HealthHandler, MetricsHandler, NegotiateHandler, ReadyHandler
 from handlers.pages import PageHandler
 from transports import TRANSPORTS
-from transports.base import STREAM_PATH, log_access
+from transports.access_log import log_access
+from transports.request import STREAM_PATH
 
 log = logging.getLogger("herald")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -84,6 +85,8 @@ OPTIONS: list[tuple[str, Any, Any, str]] = [
     ("max-buffer-bytes", int, 4 * 1024 * 1024, "unsent bytes after which a subscriber is dropped as slow"),
     ("max-attempts", int, 3, "times an execution is handed to a worker before it fails"),
     ("execution-timeout", float, 120.0, "seconds without an event before a running execution fails"),
+    ("max-connections-per-subject", int, 100, "open connections one token subject may hold (0: no limit)"),
+    ("drain-timeout", float, 10.0, "seconds a SIGTERM drain may take before the process exits"),
     ("log-level", str, "info", "debug, info, warning, error"),
     ("log-format", str, "text", "text (for a terminal) or json (one object per line, for a log shipper)"),
 ]
@@ -126,6 +129,8 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str], prog: str = 
         longpoll_wait=args.longpoll_wait,
         coalesce_ms=args.coalesce_ms,
         max_connections=args.max_connections,
+        max_connections_per_subject=args.max_connections_per_subject,
+        drain_timeout=args.drain_timeout,
         max_buffer_bytes=args.max_buffer_bytes,
         max_attempts=args.max_attempts,
         execution_timeout=args.execution_timeout,
@@ -183,7 +188,7 @@ def build_core(settings: Settings) -> Core:
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Access log without tokens or tickets (``transports.base.log_access``)."""
+    """Access log without tokens or tickets (``transports.access_log.log_access``)."""
     log_access(handler.get_status(), handler.request)
 
 
@@ -262,11 +267,17 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     if ready is not None:
         ready.set()
     await stop.wait()
+    await shut_down(server, core, settings.drain_timeout)
+
+
+async def shut_down(server: HTTPServer, core: Core, drain_timeout: float) -> None:
+    """The graceful drain: stop accepting connections, end every open one (WebSocket
+    ``1001``, SSE end, held polls answered; feeds and workers too) so clients resume
+    elsewhere with their cursors, answer the publishes in flight, then close the store
+    and the broker — within ``drain_timeout`` seconds."""
     log.info("shutting down")
     server.stop()  # no new connections; requests already read still get answers
-    for connection in list(core.connections):
-        connection.going_away()
-    await core.drain(timeout=5.0)
+    await core.drain(timeout=max(0.5, drain_timeout - 0.5))
     await asyncio.sleep(0.2)  # let the last answers and close frames leave
     await core.stop()
 

@@ -12,7 +12,8 @@ import json
 from collections import OrderedDict
 from typing import Any
 
-from core.model import Event
+from core.model import TERMINAL_EVENTS, Event
+from core.transport import Encoding
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -53,8 +54,6 @@ class Encoded:
 
     @property
     def terminal(self) -> bool:
-        from core.model import TERMINAL_EVENTS
-
         return self.event.event in TERMINAL_EVENTS
 
     def json_bytes(self) -> bytes:
@@ -82,16 +81,40 @@ class Encoded:
         return self._sse_chunk
 
 
-def batch_bytes(batch: list[Encoded], encoding: str) -> bytes:
-    """A fan-out batch as one write: ``ws`` frames, ``sse`` blocks, or ``sse_chunk``
-    (SSE blocks in one HTTP chunk). Built once per fan-out and encoding."""
-    if encoding == "ws":
+def frame_events(batch: list[Encoded], encoding: Encoding) -> bytes:
+    """A batch of events as one write in ``encoding``. Built once per fan-out and
+    encoding, and shared by every subscriber that gets it."""
+    if encoding is Encoding.WS:
         return batch[0].ws() if len(batch) == 1 else b"".join(e.ws() for e in batch)
-    if encoding == "sse_chunk":
+    if encoding is Encoding.SSE_CHUNK:
         return batch[0].sse_chunk() if len(batch) == 1 else http_chunk(b"".join(e.sse() for e in batch))
-    if encoding == "sse":
+    if encoding is Encoding.SSE:
         return batch[0].sse() if len(batch) == 1 else b"".join(e.sse() for e in batch)
-    raise ValueError(f"unknown encoding {encoding!r}")
+    raise ValueError(f"events are not framed one by one in {encoding}")
+
+
+def frame_message(name: str, message: dict[str, Any], encoding: Encoding) -> bytes:
+    """A JSON message without ``seq`` (a control message, a feed message) in
+    ``encoding``: a WebSocket text frame, or an SSE block named ``name`` with no
+    ``id:`` (so ``Last-Event-ID`` only ever names a real event)."""
+    payload = _dumps(message).encode()
+    if encoding is Encoding.WS:
+        return ws_frame(payload)
+    block = b"event: %s\ndata: %s\n\n" % (name.encode(), payload)
+    if encoding is Encoding.SSE_CHUNK:
+        return http_chunk(block)
+    if encoding is Encoding.SSE:
+        return block
+    raise ValueError(f"messages are not framed one by one in {encoding}")
+
+
+def frame_control(message: dict[str, Any], encoding: Encoding) -> bytes:
+    """A control message in ``encoding`` (SSE: ``event: control``)."""
+    return frame_message("control", message, encoding)
+
+
+#: A WebSocket ping frame with no payload (RFC 6455 5.5.2), server to client.
+WS_PING = b"\x89\x00"
 
 
 class EncodedCache:
@@ -132,11 +155,6 @@ class EncodedCache:
 def control(name: str, **fields: Any) -> dict[str, Any]:
     """A control message: no ``seq``, so clients never take it for an event."""
     return {"control": name, **fields}
-
-
-def sse_control(message: dict[str, Any]) -> bytes:
-    """A control message as an SSE block: ``event: control``, no ``id:``."""
-    return b"event: control\ndata: %s\n\n" % _dumps(message).encode()
 
 
 def page_json(events: list[Encoded], next_after: int, done: bool, reset: dict[str, Any] | None) -> bytes:

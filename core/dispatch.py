@@ -16,10 +16,12 @@ this process's workers per queue and hands each pending execution to one of them
 - **Ends reach the worker.** A terminal event the worker did not send itself (a
   cancel, a timeout, an operator's ``error``) is passed on as ``{"op": "cancel"}``.
 
-It learns of new executions and terminal events through ``Core.observers``, and sweeps
+It learns of new executions and terminal events through the change channel, and sweeps
 every second for what another process created or failed to announce. It never touches
 sockets: a worker is a ``WorkerLink`` (the WebSocket handler), or a one-shot
-``ClaimWaiter`` for ``POST /api/workers/claim``.
+``ClaimWaiter`` for ``POST /api/workers/claim``. The bookkeeping of each worker
+(capacity, executions in hand, when it last got one) is the dispatcher's alone: the
+socket tells it what happened (``ending``, ``refused``) and asks (``holds``).
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from core.errors import ErrorCode, HeraldError
 from core.model import TERMINAL_EVENTS, Event, Execution, PublishItem, Status, rfc3339
-from core.stream import Core
+from core.service import Core
 
 log = logging.getLogger("herald.dispatch")
 
@@ -40,22 +43,38 @@ SWEEP_SECONDS = 1.0
 
 
 class WorkerLink(Protocol):
-    """A connected worker as the dispatcher sees it (the WebSocket handler)."""
+    """A connected worker as the dispatcher sees it: where it serves, and how to tell
+    it something. Its bookkeeping (``_Worker``) is the dispatcher's alone."""
 
     queue: str
     name: str
-    since: float
-    capacity: int
-    #: Executions in hand, and those among them the worker itself just ended.
-    held: set[str]
-    finishing: set[str]
-    last_assigned: float
 
     def execute(self, execution: Execution) -> bool:
         """Send ``{"op": "execute"}``; False when the connection is already gone."""
 
     def cancel(self, execution_id: str, reason: str) -> None:
         """Send ``{"op": "cancel", "execution_id", "reason"}``."""
+
+
+@dataclass(eq=False)
+class _Worker:
+    """The dispatcher's bookkeeping of one connected worker."""
+
+    link: WorkerLink
+    since: float = field(default_factory=time.time)
+    capacity: int = 1
+    #: Executions in hand, and those among them the worker itself just ended.
+    held: set[str] = field(default_factory=set)
+    finishing: set[str] = field(default_factory=set)
+    last_assigned: float = 0.0
+
+    @property
+    def queue(self) -> str:
+        return self.link.queue
+
+    @property
+    def name(self) -> str:
+        return self.link.name
 
 
 class ClaimWaiter:
@@ -74,16 +93,18 @@ class Dispatcher:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.settings = core.settings
-        self._links: dict[str, dict[str, WorkerLink]] = {}
+        #: Connected workers per queue and name, and by link.
+        self._links: dict[str, dict[str, _Worker]] = {}
+        self._workers: dict[WorkerLink, _Worker] = {}
         self._waiters: dict[str, list[ClaimWaiter]] = {}
-        #: Execution id → the local worker link holding it.
-        self._holders: dict[str, WorkerLink] = {}
+        #: Execution id → the local worker holding it.
+        self._holders: dict[str, _Worker] = {}
         #: Executions handed out over HTTP claim: id → (queue, worker name).
         self._claimed: dict[str, tuple[str, str]] = {}
         self._pumping: set[str] = set()
         self._again: set[str] = set()
         self._sweeper: asyncio.Task | None = None
-        core.observers.append(self.observe)
+        core.changes.observe(self.observe)
 
     # --- workers ------------------------------------------------------------------------
     def connect(self, link: WorkerLink) -> None:
@@ -96,52 +117,87 @@ class Dispatcher:
                 f"a worker named {link.name!r} already serves queue {link.queue!r}",
                 {"queue": link.queue, "name": link.name},
             )
-        workers[link.name] = link
+        worker = workers[link.name] = self._workers[link] = _Worker(link)
         self._ensure_sweeper()
-        self.wake(link.queue)
+        self.wake(worker.queue)
 
     async def disconnect(self, link: WorkerLink) -> None:
         """The worker's connection ended: give back everything it held."""
+        worker = self._workers.pop(link, None)
+        if worker is None:
+            return
         workers = self._links.get(link.queue, {})
-        if workers.get(link.name) is link:
+        if workers.get(link.name) is worker:
             del workers[link.name]
             if not workers:
                 self._links.pop(link.queue, None)
-        for execution_id in sorted(link.held):
-            await self.give_back(link, execution_id)
+        for execution_id in sorted(worker.held):
+            await self._give_back(worker, execution_id)
 
     def set_capacity(self, link: WorkerLink, capacity: int) -> None:
-        link.capacity = capacity
-        self.wake(link.queue)
+        """The worker takes up to ``capacity`` executions at once."""
+        worker = self._workers.get(link)
+        if worker is not None:
+            worker.capacity = capacity
+            self.wake(worker.queue)
 
-    def forget(self, link: WorkerLink, execution_id: str) -> None:
-        """The worker no longer holds ``execution_id`` (it ended elsewhere)."""
-        link.held.discard(execution_id)
-        link.finishing.discard(execution_id)
-        if self._holders.get(execution_id) is link:
+    def holds(self, link: WorkerLink, execution_id: str) -> bool:
+        """Whether ``link`` holds ``execution_id`` (it may publish to it)."""
+        worker = self._workers.get(link)
+        return worker is not None and execution_id in worker.held
+
+    def ending(self, link: WorkerLink, execution_id: str) -> None:
+        """The worker itself sent ``execution_id``'s terminal event: when it is stored,
+        the worker needs no ``cancel``."""
+        worker = self._workers.get(link)
+        if worker is not None:
+            worker.finishing.add(execution_id)
+
+    def refused(self, link: WorkerLink, execution_id: str, error: HeraldError) -> None:
+        """A publish of the worker's was refused. An execution that ended elsewhere, or
+        is gone, leaves its hands (and the worker is told to stop it)."""
+        worker = self._workers.get(link)
+        if worker is None:
+            return
+        worker.finishing.discard(execution_id)
+        if error.code in (ErrorCode.STREAM_CLOSED, ErrorCode.NOT_FOUND) and execution_id in worker.held:
+            self._forget(worker, execution_id)
+            link.cancel(execution_id, "stream_closed")
+
+    def serves(self, queue: str) -> bool:
+        """Whether a worker connected to this process would take an execution of
+        ``queue`` now or soon (a connected worker, or a waiting HTTP claim)."""
+        return bool(self._links.get(queue)) or bool(self._waiters.get(queue))
+
+    def _forget(self, worker: _Worker, execution_id: str) -> None:
+        """The worker no longer holds ``execution_id``."""
+        worker.held.discard(execution_id)
+        worker.finishing.discard(execution_id)
+        if self._holders.get(execution_id) is worker:
             del self._holders[execution_id]
-        self.wake(link.queue)
+        self.wake(worker.queue)
 
-    async def give_back(self, link: WorkerLink, execution_id: str) -> None:
+    async def _give_back(self, worker: _Worker, execution_id: str) -> None:
         """Requeue an execution a lost worker held, or fail it after ``max_attempts``."""
-        self.forget(link, execution_id)
+        self._forget(worker, execution_id)
+        name = worker.name
         try:
             doc = await self.core.store.get_execution(execution_id)
-            if doc is None or doc.status.terminal or doc.worker != link.name:
+            if doc is None or doc.status.terminal or doc.worker != name:
                 return
             if doc.attempts >= self.settings.max_attempts:
                 await self._fail(
                     execution_id,
                     "worker_lost",
                     f"the worker was lost {doc.attempts} times (max_attempts={self.settings.max_attempts})",
-                    {"worker": link.name, "attempts": doc.attempts},
+                    {"worker": name, "attempts": doc.attempts},
                 )
                 return
             if doc.status is Status.RUNNING:
                 # The status event first, while the worker still holds it: no one can
                 # claim it before subscribers learn it went back to pending.
                 await self.core.publish(execution_id, [PublishItem("status", {"status": Status.PENDING.value})])
-            await self.core.store.release(execution_id, link.name)
+            await self.core.store.release(execution_id, name)
         except HeraldError as exc:
             if exc.code is not ErrorCode.STREAM_CLOSED:
                 log.warning("giving back %s failed: %s", execution_id, exc.message)
@@ -149,7 +205,7 @@ class Dispatcher:
         except Exception:
             log.exception("giving back %s failed", execution_id)
             return
-        self.wake(link.queue)
+        self.wake(worker.queue)
 
     # --- HTTP claim ---------------------------------------------------------------------
     async def claim(self, queue: str, name: str, wait: float) -> Execution | None:
@@ -210,18 +266,18 @@ class Dispatcher:
         finally:
             self._pumping.discard(queue)
 
-    def _idle(self, queue: str) -> WorkerLink | ClaimWaiter | None:
+    def _idle(self, queue: str) -> _Worker | ClaimWaiter | None:
         """The next taker: a waiting HTTP claim, else the connected worker with free
         capacity, fewest executions in hand, longest since its last assignment."""
         for waiter in self._waiters.get(queue, []):
             if not waiter.future.done():
                 return waiter
-        free = [link for link in self._links.get(queue, {}).values() if len(link.held) < link.capacity]
+        free = [worker for worker in self._links.get(queue, {}).values() if len(worker.held) < worker.capacity]
         if not free:
             return None
-        return min(free, key=lambda link: (len(link.held), link.last_assigned))
+        return min(free, key=lambda worker: (len(worker.held), worker.last_assigned))
 
-    async def _hand(self, taker: WorkerLink | ClaimWaiter, execution: Execution) -> None:
+    async def _hand(self, taker: _Worker | ClaimWaiter, execution: Execution) -> None:
         if isinstance(taker, ClaimWaiter):
             if taker.future.done():  # the claim timed out while we were claiming
                 await self.unclaim(execution, taker.name)
@@ -231,12 +287,12 @@ class Dispatcher:
         taker.held.add(execution.id)
         taker.last_assigned = time.monotonic()
         self._holders[execution.id] = taker
-        if not taker.execute(execution):
-            await self.give_back(taker, execution.id)
+        if not taker.link.execute(execution):
+            await self._give_back(taker, execution.id)
 
     # --- what the core tells us -----------------------------------------------------------
     def observe(self, execution: Execution, events: list[Event]) -> None:
-        """``Core.observers`` hook: new queued executions and terminal events."""
+        """Change-channel observer: new queued executions and terminal events."""
         if execution.queue is None:
             return
         if not events:
@@ -253,7 +309,7 @@ class Dispatcher:
         if execution.id in holder.finishing:
             holder.finishing.discard(execution.id)
         else:
-            holder.cancel(execution.id, _end_reason(last))
+            holder.link.cancel(execution.id, _end_reason(last))
         self.wake(execution.queue)
 
     # --- the sweep: timeouts and work queued by other processes ---------------------------
@@ -306,13 +362,13 @@ class Dispatcher:
         for queue in names:
             workers = [
                 {
-                    "name": link.name,
+                    "name": worker.name,
                     "transport": "websocket",
-                    "since": rfc3339(link.since),
-                    "capacity": link.capacity,
-                    "executions": sorted(link.held),
+                    "since": rfc3339(worker.since),
+                    "capacity": worker.capacity,
+                    "executions": sorted(worker.held),
                 }
-                for link in sorted(self._links.get(queue, {}).values(), key=lambda link: link.since)
+                for worker in sorted(self._links.get(queue, {}).values(), key=lambda worker: worker.since)
             ]
             for name, held in sorted(http.get(queue, {}).items()):
                 workers.append(

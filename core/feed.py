@@ -4,7 +4,7 @@ The feed is *state*, not a log: a client gets a ``snapshot`` of its newest execu
 then one ``execution`` message per change (the whole summary, so a message can be
 applied on its own and applying one twice is harmless). A change is a new execution or
 a change of status, progress or stage; tokens and logs move no dashboard row, so they
-make no feed message. ``Feed.observe`` hangs on ``Core.observers``.
+make no feed message. ``Feed.observe`` hangs on the change channel (``core.changes``).
 
 Long-poll clients need a position: every change gets a version ``<epoch>.<n>`` (epoch
 is this process's life), and the last ``HISTORY`` changes are kept so a poller can ask
@@ -17,10 +17,16 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.auth import Principal
-from core.model import Execution
+from core.auth import Principal, Scope
+from core.codec import dumps
+from core.model import Event, Execution
+from core.transport import ANSWERED, Disconnect
+
+if TYPE_CHECKING:
+    from core.service import Core
+    from core.session import Session
 
 HISTORY = 2000
 SNAPSHOT_SIZE = 50
@@ -67,8 +73,8 @@ class Feed:
     def version(self) -> str:
         return f"{self.epoch}.{self.count}"
 
-    def observe(self, execution: Execution, events: list[Any]) -> None:
-        """``Core.observers`` callback: after every create and every append."""
+    def observe(self, execution: Execution, events: list[Event]) -> None:
+        """Change-channel observer: after every create and every move."""
         row = (execution.status, execution.progress, execution.stage, execution.worker)
         if events and self._shown.get(execution.id) == row:
             return
@@ -101,3 +107,92 @@ class Feed:
         if since < self.count and (not self._history or self._history[0][0] > since + 1):
             return None
         return [entry for n, owner, entry in self._history if n > since and sees(principal, owner)]
+
+
+def change(version: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """One ``execution`` message of the feed."""
+    return {"type": "execution", "version": version, "execution": entry}
+
+
+async def snapshot(core: Core, feed: Feed, principal: Principal) -> dict[str, Any]:
+    """The caller's newest executions, newest first, with the feed version they reflect."""
+    version = feed.version
+    found = await core.list_executions(owner=None if principal.admin else principal.sub, limit=SNAPSHOT_SIZE)
+    return {"type": "snapshot", "version": version, "executions": [summary(e) for e in found]}
+
+
+class FeedStream:
+    """The feed on a streaming connection: a ``snapshot``, then one ``execution``
+    message per change. Changes that arrive while the snapshot is read are held and
+    sent after it, so the order on the wire is snapshot, then changes."""
+
+    def __init__(self, core: Core, feed: Feed) -> None:
+        self.core = core
+        self.feed = feed
+        self._held: list[tuple[str, dict[str, Any]]] | None = []
+        self._session: Session | None = None
+
+    async def start(self, session: Session) -> None:
+        self._session = session
+        self.feed.listen(session.principal, self._on_change)
+        session.send_message("snapshot", await snapshot(self.core, self.feed, session.principal))
+        held, self._held = self._held or [], None
+        for version, entry in held:
+            session.send_message("execution", change(version, entry))
+
+    def _on_change(self, version: str, entry: dict[str, Any]) -> None:
+        if self._held is not None:
+            self._held.append((version, entry))
+        elif self._session is not None:
+            self._session.send_message("execution", change(version, entry))
+
+    def stop(self) -> None:
+        self.feed.forget(self._on_change)
+
+    async def finish(self, disconnect: Disconnect) -> None:
+        return None
+
+    def allows(self, principal: Principal) -> bool:
+        return principal.has(Scope.EXECUTIONS_READ)
+
+
+class FeedPage:
+    """The feed as one long-poll answer: the changes after ``since`` (held until there
+    is one, up to the session's deadline), or a snapshot when ``since`` is absent or
+    cannot be answered (another process's version, older than the history)."""
+
+    def __init__(self, core: Core, feed: Feed, since: str) -> None:
+        self.core = core
+        self.feed = feed
+        self.since = since
+        self._session: Session | None = None
+
+    async def start(self, session: Session) -> None:
+        self._session = session
+        changes = self.feed.changes_since(session.principal, self.since) if self.since else None
+        if changes == [] and session.deadline is not None:
+            self.feed.listen(session.principal, self._on_change)
+        else:
+            session.close(ANSWERED)
+
+    def _on_change(self, version: str, entry: dict[str, Any]) -> None:
+        if self._session is not None:
+            self._session.close(ANSWERED)
+
+    def stop(self) -> None:
+        self.feed.forget(self._on_change)
+
+    async def finish(self, disconnect: Disconnect) -> None:
+        session = self._session
+        if session is None or disconnect.error is not None or disconnect.outcome == "client":
+            return
+        principal = session.principal
+        changes = self.feed.changes_since(principal, self.since) if self.since else None
+        if changes is None:
+            body = await snapshot(self.core, self.feed, principal)
+        else:
+            body = {"type": "changes", "version": self.feed.version, "executions": changes}
+        session.write(dumps(body).encode())  # the one answer
+
+    def allows(self, principal: Principal) -> bool:
+        return principal.has(Scope.EXECUTIONS_READ)

@@ -39,7 +39,7 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
 from core.model import Event, Execution
-from core.stream import Core
+from core.service import Core
 
 log = logging.getLogger("herald.health")
 
@@ -277,7 +277,7 @@ class HealthProbe:
         ):
             self.ended.labels(outcome, error_type)
         core.metrics.registry.register(_ProbeCollector(self))
-        core.observers.append(self._observe)
+        core.changes.observe(self._observe)
 
     # --- life cycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -354,7 +354,7 @@ class HealthProbe:
         self.totals.append((now, add_up(self.samples(now))))
 
     def _observe(self, execution: Execution, events: list[Event]) -> None:
-        """``Core.observers`` hook: count executions reaching a terminal event."""
+        """Change-channel observer: count executions reaching a terminal event."""
         if not events or not execution.status.terminal:
             return
         last = events[-1]

@@ -6,7 +6,7 @@ A JSON line has ``time``, ``level``, ``logger``, ``message``, and for a request 
 fields an operator filters on: ``method``, ``path`` (query secrets replaced by
 ``***``), ``status``, ``duration_ms``, and, when the code logging it knows them,
 ``transport``, ``execution_id`` and ``subject`` (passed as ``extra=``). Access lines
-are written by ``transports.base.log_access`` with positional arguments; the
+are written by ``transports.access_log.log_access`` with positional arguments; the
 ``AccessFields`` filter lifts those into fields, so the text line stays as it was and
 the JSON line gets them as keys. python-json-logger renders the object (a maintained
 formatter for the standard ``logging`` module, so nothing else in Herald changes how
@@ -66,7 +66,7 @@ class Redact(logging.Filter):
 
 class AccessFields(logging.Filter):
     """Turns an access line's arguments (status, method, uri, remote ip, ms — the shape
-    ``transports.base.log_access`` writes) into request fields on the record."""
+    ``transports.access_log.log_access`` writes) into request fields on the record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args

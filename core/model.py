@@ -309,12 +309,6 @@ def plan_append(
     return AppendPlan(events, seqs, state)
 
 
-def status_event(execution: Execution, status: Status, now: float | None = None) -> Event:
-    """The server's ``status`` event for a change no terminal event carries."""
-    now = time.time() if now is None else now
-    return Event(execution.id, execution.last_seq + 1, "status", {"status": status.value}, now)
-
-
 def validate_new_execution(body: Any) -> tuple[str, dict[str, Any], str | None]:
     """Check ``POST /api/executions`` ``{kind, input?, queue?}``."""
     if not isinstance(body, dict):

@@ -39,6 +39,10 @@ class Settings:
     #: Window within which events that arrive together are written as one write.
     coalesce_ms: float = 2.0
     max_connections: int = 20000
+    #: Open connections one token subject may hold, every transport counted (0: none).
+    max_connections_per_subject: int = 100
+    #: Seconds a SIGTERM drain may take before the process exits.
+    drain_timeout: float = 10.0
     #: Bytes a subscriber may have unsent before it is disconnected as too slow.
     max_buffer_bytes: int = 4 * 1024 * 1024
     max_attempts: int = 3

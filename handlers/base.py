@@ -12,7 +12,7 @@ from typing import Any
 
 from core.auth import Principal
 from core.errors import ErrorCode, HeraldError, bad_request
-from transports.base import HeraldRequestHandler
+from transports.handler import HeraldRequestHandler
 
 
 class ApiHandler(HeraldRequestHandler):

@@ -15,20 +15,10 @@ from core.auth import Scope, require
 from core.demo import DemoSimulator, worker_demo
 from core.dispatch import Dispatcher
 from core.errors import bad_request
-from core.stream import Core
+from core.service import Core
 from handlers.base import ApiHandler
 
 DEMOS = ("diagnosis", "llm")
-
-
-async def served(dispatcher: Dispatcher | None, queue: str) -> bool:
-    """Whether a worker connected to this process would take an execution of ``queue``."""
-    if dispatcher is None:
-        return False
-    for view in await dispatcher.describe():
-        if view["name"] == queue:
-            return bool(view["workers"]) or view["waiting_claims"] > 0
-    return False
 
 
 class DemoHandler(ApiHandler):
@@ -58,7 +48,7 @@ class DemoHandler(ApiHandler):
             raise bad_request("prompt must be a string of 1 to 300 characters")
         prompt = prompt.strip() if prompt else None
         plan = worker_demo(name, float(speed), prompt)
-        if await served(self.dispatcher, plan.queue):
+        if self.dispatcher is not None and self.dispatcher.serves(plan.queue):
             execution = await self.core.create_execution(self.principal.sub, plan.kind, plan.input, plan.queue)
         else:
             execution = await self.simulator.start(self.principal.sub, float(speed), prompt)

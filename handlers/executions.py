@@ -3,10 +3,13 @@ and stream tickets."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from core.auth import Principal, Scope, may_publish, may_read, may_write, require
 from core.errors import ErrorCode, HeraldError, bad_request, forbidden
 from core.model import Status, validate_new_execution, validate_publish_body
 from handlers.base import ApiHandler
+from transports.errors import as_herald_error
 
 MAX_LIST = 200
 
@@ -66,6 +69,12 @@ class EventsHandler(ApiHandler):
             raise forbidden("this token may not publish to that execution")
         seqs = await self.core.publish(execution_id, items)
         self.answer(202, {"seq": seqs})
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if self.request.method == "POST":  # a refused publish, counted by its error code
+            error = as_herald_error(kwargs.get("exc_info", (None, None, None))[1], status_code)
+            self.core.metrics.publish_refused.labels(error.code.value).inc()
+        super().write_error(status_code, **kwargs)
 
     def get(self, execution_id: str) -> None:
         raise HeraldError(

@@ -10,7 +10,7 @@ import os
 
 import jinja2
 
-from transports.base import HeraldRequestHandler
+from transports.handler import HeraldRequestHandler
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)

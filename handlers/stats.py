@@ -13,7 +13,7 @@ from typing import Any
 
 from core.auth import Scope, require
 from core.health import HealthProbe
-from core.stream import Core
+from core.service import Core
 from handlers.base import ApiHandler
 
 

@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import tornado.web
-import tornado.websocket
 
-from core.auth import Scope, require
+from core.auth import Principal, Scope, require
 from core.codec import control
 from core.dispatch import Dispatcher
 from core.errors import ErrorCode, HeraldError, bad_request
 from core.model import QUEUE_NAME, TERMINAL_EVENTS, Execution, PublishItem, validate_item
-from core.stream import Core
+from core.service import Core
+from core.session import Ops, Session, Source
+from core.transport import Disconnect, TransportName
 from handlers.base import ApiHandler
-from transports.herald_socket import HeraldSocket
+from transports.tornado_internals import connection_stream
+from transports.websocket import HeraldSocket
 
 log = logging.getLogger("herald.workers")
 MAX_CAPACITY = 1000
@@ -50,10 +51,11 @@ def _queue_and_name(handler: tornado.web.RequestHandler, default_name: str | Non
 
 
 class WorkerSocket(HeraldSocket):
-    """One connected worker: a ``WorkerLink`` for the dispatcher, a ``Connection``
-    for the Core's shared heartbeat timer."""
+    """One connected worker: the dispatcher's ``WorkerLink``, and the ``Ops`` of its
+    session (events and capacity). Its session follows a ``WorkerDuty``: connected to
+    the dispatcher while the socket lives, given back to the queue on every exit."""
 
-    transport = "worker"
+    transport_name = TransportName.WORKER
     cookie_allowed = False  # workers authenticate with a bearer token, never a cookie
     refresh_scope = Scope.WORKERS
 
@@ -62,47 +64,38 @@ class WorkerSocket(HeraldSocket):
         self.dispatcher = dispatcher
         self.queue = ""
         self.name = ""
-        self.since = time.time()
-        self.capacity = 1
-        self.held: set[str] = set()
-        self.finishing: set[str] = set()
-        self.last_assigned = 0.0
-        self._connected = False
         self._outbox: dict[str, list[PublishItem]] = {}
-        self._flushing: asyncio.Task | None = None
+        self._flushing: asyncio.Task[None] | None = None
 
-    def open(self) -> None:  # type: ignore[override]
-        try:
-            principal = self.sign_in()
-            require(principal, Scope.WORKERS)
-            self.queue, self.name = _queue_and_name(self)
-            self.admit()
-            self.dispatcher.connect(self)
-            self._connected = True
-            self.send_control(
-                control(
-                    "ready",
-                    transport="worker",
-                    queue=self.queue,
-                    worker=self.name,
-                    heartbeat=self.core.settings.heartbeat,
-                )
-            )
-        except HeraldError as exc:
-            self.refuse(exc)
+    async def follow(self, principal: Principal, *args: str) -> Source | None:
+        require(principal, Scope.WORKERS)
+        self.queue, self.name = _queue_and_name(self)
+        self.dispatcher.connect(self)  # 409 (4409) when the name is taken, before ``ready``
+        return WorkerDuty(self)
+
+    def ready(self) -> dict[str, Any]:
+        return control(
+            "ready",
+            transport=self.transport_name.value,
+            queue=self.queue,
+            worker=self.name,
+            heartbeat=self.core.settings.heartbeat,
+        )
+
+    def ops(self) -> Ops | None:
+        return self
 
     # --- WorkerLink -----------------------------------------------------------------------
     def execute(self, execution: Execution) -> bool:
-        return self.send_control({"op": "execute", "execution": execution.to_public()})
+        return self.session is not None and self.session.send_control(
+            {"op": "execute", "execution": execution.to_public()}
+        )
 
     def cancel(self, execution_id: str, reason: str) -> None:
-        self.send_control({"op": "cancel", "execution_id": execution_id, "reason": reason})
+        if self.session is not None:
+            self.session.send_control({"op": "cancel", "execution_id": execution_id, "reason": reason})
 
-    # --- worker messages ------------------------------------------------------------------
-    def on_message(self, message: str | bytes) -> None:
-        if self._connected:
-            super().on_message(message)
-
+    # --- Ops: the worker's messages ---------------------------------------------------------
     def on_op(self, name: str, op: dict[str, Any]) -> None:
         if name == "event":
             self._take_event(op)
@@ -116,6 +109,8 @@ class WorkerSocket(HeraldSocket):
 
     def on_refused_op(self, exc: HeraldError, op: dict[str, Any]) -> None:
         """A refused message: say so, keep the connection (its other executions go on)."""
+        if op.get("op") == "event":
+            self.core.metrics.publish_refused.labels(exc.code.value).inc()
         self._report(exc, op.get("execution_id"))
 
     def _take_event(self, op: dict[str, Any]) -> None:
@@ -125,7 +120,7 @@ class WorkerSocket(HeraldSocket):
             raise bad_request("an event needs an 'execution_id'")
         item = validate_item({k: op[k] for k in ("event", "data", "key") if k in op})
         self.core.check_size([item])
-        if execution_id not in self.held:
+        if not self.dispatcher.holds(self, execution_id):
             raise HeraldError(
                 ErrorCode.CONFLICT,
                 409,
@@ -133,7 +128,7 @@ class WorkerSocket(HeraldSocket):
                 {"execution_id": execution_id},
             )
         if item.event in TERMINAL_EVENTS:
-            self.finishing.add(execution_id)
+            self.dispatcher.ending(self, execution_id)
         self._outbox.setdefault(execution_id, []).append(item)
         if self._flushing is None:
             self._flushing = asyncio.ensure_future(self._flush())
@@ -151,36 +146,53 @@ class WorkerSocket(HeraldSocket):
         try:
             seqs = await self.core.publish(execution_id, items)
         except HeraldError as exc:
-            self.finishing.discard(execution_id)
+            self.core.metrics.publish_refused.labels(exc.code.value).inc()
             self._report(exc, execution_id)
-            if exc.code in (ErrorCode.STREAM_CLOSED, ErrorCode.NOT_FOUND) and execution_id in self.held:
-                self.dispatcher.forget(self, execution_id)
-                self.cancel(execution_id, "stream_closed")
+            self.dispatcher.refused(self, execution_id, exc)
             return
         except Exception:
             log.exception("publishing a worker's events failed")
             self._report(HeraldError(ErrorCode.INTERNAL, 500, "internal error"), execution_id)
             return
-        self.send_control(control("ack", execution_id=execution_id, seq=seqs[-1]))
+        if self.session is not None:
+            self.session.send_control(control("ack", execution_id=execution_id, seq=seqs[-1]))
 
-    # --- sending and closing --------------------------------------------------------------
     def _report(self, exc: HeraldError, execution_id: Any = None) -> None:
         """A refused message: say so, keep the connection."""
         extra = {"execution_id": execution_id} if isinstance(execution_id, str) else {}
-        self.send_control(control("error", code=exc.code.value, message=exc.message, **extra))
+        if self.session is not None:
+            self.session.send_control(control("error", code=exc.code.value, message=exc.message, **extra))
 
-    def on_close(self) -> None:
-        super().on_close()
-        if self._connected:
-            self._connected = False
-            asyncio.ensure_future(self._gone())
-
-    async def _gone(self) -> None:
-        """Publish what the worker sent before it went, then give back what it held."""
+    async def settle(self) -> None:
+        """Wait for what the worker sent before it went to be published."""
         flushing = self._flushing
         if flushing is not None:
             await asyncio.gather(flushing, return_exceptions=True)
-        await self.dispatcher.disconnect(self)
+
+
+class WorkerDuty:
+    """What a worker's session follows: its place among the queue's workers (taken
+    when the socket signed in; given back on every exit)."""
+
+    def __init__(self, socket: WorkerSocket) -> None:
+        self.socket = socket
+        self.connected = True
+
+    async def start(self, session: Session) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+    async def finish(self, disconnect: Disconnect) -> None:
+        """Publish what the worker sent before it went, then give back what it held."""
+        if self.connected:
+            self.connected = False
+            await self.socket.settle()
+            await self.socket.dispatcher.disconnect(self.socket)
+
+    def allows(self, principal: Principal) -> bool:
+        return principal.has(Scope.WORKERS)
 
 
 class ClaimHandler(ApiHandler):
@@ -197,7 +209,7 @@ class ClaimHandler(ApiHandler):
         queue, name = _queue_and_name(self, default_name=self.principal.sub)
         wait = self.int_argument("wait", 0, 0, MAX_CLAIM_WAIT)
         execution = await self.dispatcher.claim(queue, name, wait)
-        if execution is not None and self.request.connection.stream.closed():  # type: ignore[attr-defined]
+        if execution is not None and connection_stream(self.request).closed():
             await self.dispatcher.unclaim(execution, name)
             return
         self.answer(200, {"execution": execution.to_public() if execution is not None else None})

@@ -29,8 +29,8 @@ from tornado.httpserver import HTTPServer  # noqa: E402
 
 from core.model import Execution, PublishItem, Status  # noqa: E402
 from core.runtime import tune_gc  # noqa: E402
-from core.stream import Core  # noqa: E402
-from server import build_core, make_app, parse_settings  # noqa: E402
+from core.service import Core  # noqa: E402
+from server import build_core, make_app, parse_settings, shut_down  # noqa: E402
 
 BENCH_SECRET = "herald-bench-secret-not-for-production"
 BENCH_EXECUTION = "ex_bench"
@@ -65,6 +65,7 @@ class PublishBody(tornado.web.RequestHandler):
 
 async def run(port: int, options: list[str]) -> None:
     argv = ["--port", str(port), "--jwt-secret", BENCH_SECRET, "--heartbeat", "60", "--log-level", "warning"]
+    argv += ["--max-connections-per-subject", "0"]  # one bench token holds every connection
     settings = parse_settings(argv + options, {})
     core = build_core(settings)
     if bench_token() != BENCH_TOKEN:
@@ -86,11 +87,7 @@ async def run(port: int, options: list[str]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    server.stop()  # then as server.serve does: streams told to go away, then the Core
-    for connection in list(core.connections):
-        connection.going_away()
-    await asyncio.sleep(0.2)
-    await core.stop()
+    await shut_down(server, core, drain_timeout=2.0)
 
 
 def main() -> None:

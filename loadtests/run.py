@@ -134,7 +134,7 @@ def open_streams(base: str) -> int:
 
 def start_server(port: int) -> subprocess.Popen:
     argv = [sys.executable, os.path.join(ROOT, "server.py"), "--port", str(port), "--jwt-secret", SECRET]
-    argv += ["--log-level", "warning", "--max-connections", "20000"]
+    argv += ["--log-level", "warning", "--max-connections", "20000", "--max-connections-per-subject", "0"]
     proc = subprocess.Popen(pinned("0", argv), cwd=ROOT, start_new_session=True)
     deadline = time.time() + 20
     while time.time() < deadline:

@@ -29,7 +29,7 @@ from core.settings import Settings  # noqa: E402
 from core.store.base import Store  # noqa: E402
 from core.store.memory import MemoryStore  # noqa: E402
 from core.store.mongo import MongoStore  # noqa: E402
-from core.stream import Core  # noqa: E402
+from core.service import Core  # noqa: E402
 
 ITEM = PublishItem("token", {"text": "lorem ipsum "})
 

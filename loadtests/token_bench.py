@@ -114,7 +114,9 @@ async def fan_out(client: HeraldClient, conn, transport: str, tokens: int, subsc
 
 
 async def main(args: argparse.Namespace) -> None:
-    server = HeraldProcess("--log-level", "warning", "--max-connections", "100000")
+    server = HeraldProcess(
+        "--log-level", "warning", "--max-connections", "100000", "--max-connections-per-subject", "0"
+    )
     server.start()
     try:
         auth = Authenticator(secret=server.secret)

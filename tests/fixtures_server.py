@@ -29,7 +29,7 @@ from client.api import HeraldClient
 from client.sse import SseMessage, SseParser
 from core.auth import ALL_SCOPES
 from core.settings import Secret, Settings
-from core.stream import Core
+from core.service import Core
 from server import build_core, make_app
 
 SECRET = "test-secret-" + "0123456789abcdef" * 4

@@ -11,7 +11,7 @@ import pytest
 
 from core.auth import ALL_SCOPES
 from tests.fixtures_server import Herald, read_ws
-from transports.base import redacted_uri
+from transports.access_log import redacted_uri
 
 ERROR_KEYS = {"code", "message", "details"}
 

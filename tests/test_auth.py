@@ -84,7 +84,7 @@ def test_auth_failure_is_refused_on_http_and_every_transport(herald_run, case):
             conn = await h.websocket(ex, token="", subprotocols=["herald.v1", f"herald.bearer.{token}"])
             assert (await ws_until_closed(conn))[0]["code"] == code
             assert conn.close_code == {401: 4401, 403: 4403}[status]
-        assert not h.core.connections
+        assert not h.core.sessions
 
     herald_run(scenario)
 
@@ -154,7 +154,7 @@ def test_token_expiring_mid_stream_ends_websocket_and_sse(herald_run):
         assert last.event == "control" and last.id is None
         assert json.loads(last.data)["control"] == "error" and json.loads(last.data)["code"] == "token_expired"
         assert time.monotonic() - started < 4
-        assert not h.core.connections
+        assert not h.core.sessions
 
     herald_run(scenario, heartbeat=1.0)
 
@@ -312,9 +312,9 @@ def test_nothing_follows_the_expiry_error(herald_run):
         await stream.next()
         raw = await RawWebSocket.connect(h.port, f"/api/executions/{ex}/events", h.mint())
         await raw.frame()
-        for connection in list(h.core.connections):
-            connection.expire()
-            connection.heartbeat(time.monotonic())
+        for session in h.core.sessions:
+            session.expire()
+            session.tick(time.time(), time.monotonic(), True, h.core.settings.heartbeat)
         await h.core.publish(ex, [PublishItem("token", {"text": "late"})])
         messages = await stream.until_end()
         assert [json.loads(m.data) for m in messages] == [

@@ -20,13 +20,13 @@ def test_a_stopped_sse_follower_frees_its_connection(herald_run) -> None:
             if event["seq"] == 2:
                 break
         await stream.aclose()
-        assert len(herald.core.connections) == 1
+        assert len(herald.core.sessions) == 1
         # The server notices at its next write: the next heartbeat at the latest.
         for _ in range(60):
-            if not herald.core.connections:
+            if not herald.core.sessions:
                 break
             await asyncio.sleep(0.1)
-        assert not herald.core.connections
+        assert not herald.core.sessions
 
     herald_run(scenario, heartbeat=1.0)
 

@@ -8,7 +8,20 @@ import json
 import pytest
 
 from client.sse import SseParser
-from core.codec import Encoded, EncodedCache, control, dumps, http_chunk, page_json, sse_control, ws_frame
+from core.codec import (
+    WS_PING,
+    Encoded,
+    EncodedCache,
+    control,
+    dumps,
+    frame_control,
+    frame_events,
+    frame_message,
+    http_chunk,
+    page_json,
+    ws_frame,
+)
+from core.transport import Encoding
 from core.model import Event
 
 
@@ -75,10 +88,33 @@ def test_sse_chunk_and_http_chunk():
 def test_control_messages_have_no_seq_and_no_id():
     message = control("reset", execution={"id": "ex_abc"})
     assert message == {"control": "reset", "execution": {"id": "ex_abc"}} and "seq" not in message
-    block = sse_control(control("ping"))
+    block = frame_control(control("ping"), Encoding.SSE)
     assert block == b'event: control\ndata: {"control":"ping"}\n\n'
     [parsed] = SseParser().feed(block)
     assert parsed.id is None and parsed.event == "control"
+    assert frame_control(control("ping"), Encoding.SSE_CHUNK) == http_chunk(block)
+    assert frame_control(control("ping"), Encoding.WS) == ws_frame(b'{"control":"ping"}')
+
+
+def test_feed_messages_are_named_blocks_and_text_frames():
+    message = {"type": "snapshot", "version": "a.1", "executions": []}
+    [parsed] = SseParser().feed(frame_message("snapshot", message, Encoding.SSE))
+    assert parsed.event == "snapshot" and parsed.id is None and json.loads(parsed.data) == message
+    assert frame_message("snapshot", message, Encoding.WS) == ws_frame(dumps(message).encode())
+
+
+def test_events_are_framed_once_per_encoding():
+    batch = [Encoded(event(seq=1)), Encoded(event(seq=2))]
+    assert frame_events(batch, Encoding.WS) == batch[0].ws() + batch[1].ws()
+    assert frame_events(batch, Encoding.SSE) == batch[0].sse() + batch[1].sse()
+    assert frame_events(batch, Encoding.SSE_CHUNK) == http_chunk(batch[0].sse() + batch[1].sse())
+    assert frame_events(batch[:1], Encoding.SSE_CHUNK) == batch[0].sse_chunk()
+    with pytest.raises(ValueError):
+        frame_events(batch, Encoding.PAGE)
+
+
+def test_ws_ping_is_an_empty_final_ping_frame():
+    assert WS_PING == bytes((0x89, 0x00))
 
 
 def test_terminal_flag():

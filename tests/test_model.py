@@ -15,12 +15,11 @@ from core.model import (
     new_execution_id,
     plan_append,
     rfc3339,
-    status_event,
     validate_item,
     validate_new_execution,
     validate_publish_body,
 )
-from core.timing import backoff_delay, coalesce_deadline, heartbeat_due
+from core.timing import backoff_delay, coalesce_window_end, heartbeat_due
 
 NOW = 1_700_000_000.0
 
@@ -113,11 +112,6 @@ def test_idempotency_keys():
     assert plan_append(done, [token(key="k1")], known, now=NOW).events == []
 
 
-def test_status_event_for_a_lost_worker():
-    event = status_event(execution(status=Status.RUNNING, last_seq=7), Status.PENDING, now=NOW)
-    assert (event.seq, event.event, event.data) == (8, "status", {"status": "pending"})
-
-
 def test_terminal_statuses():
     assert {s for s in Status if s.terminal} == {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}
 
@@ -207,5 +201,21 @@ def test_backoff_delay_is_jittered_and_capped():
     assert backoff_delay(20, first=0.2, cap=5.0, rng=rng) <= 5.0
 
 
-def test_coalesce_deadline():
-    assert coalesce_deadline(first_pending_at=3.0, window=0.002) == 3.002
+def test_coalescing_window_normally_closes_after_the_window():
+    assert coalesce_window_end(start=3.0, took=0.001, gap=1.0, window=0.002, max_hold=0.025) == 3.002
+
+
+def test_coalescing_window_stretches_when_fan_outs_run_back_to_back():
+    # A 10 ms fan-out that began 15 ms after the previous one: the hub is falling behind.
+    end = coalesce_window_end(start=3.0, took=0.010, gap=0.015, window=0.002, max_hold=0.025)
+    assert end == 3.0 + 0.010 + 0.010
+
+
+def test_coalescing_window_holds_at_most_max_hold():
+    end = coalesce_window_end(start=3.0, took=0.100, gap=0.1, window=0.002, max_hold=0.025)
+    assert end == 3.0 + 0.100 + 0.025
+
+
+def test_a_slow_fan_out_after_a_quiet_time_does_not_stretch_the_window():
+    end = coalesce_window_end(start=3.0, took=0.010, gap=5.0, window=0.002, max_hold=0.025)
+    assert end == 3.002

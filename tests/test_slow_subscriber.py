@@ -64,7 +64,7 @@ def test_a_stalled_subscriber_is_cut_off_and_the_others_get_everything_promptly(
         sse = h.sse(ex)
         await sse.next()  # ready
         slow = await stalled_websocket(h, ex)
-        hub = h.core._hubs[ex]
+        hub = h.core.hubs.get(ex)
         assert len(hub.subs) == 5
 
         async def drain_ws(conn) -> list[int]:

@@ -141,36 +141,6 @@ def test_list_newest_first_with_filters_and_paging(backend: Backend) -> None:
     backend.run(scenario)
 
 
-def test_replace_execution(backend: Backend) -> None:
-    async def scenario(store: Store) -> None:
-        ex = await created(store, queue="q")
-        taken = await store.get_execution(ex.id)
-        assert taken is not None
-        taken.worker, taken.attempts = "w1", 1
-        await store.replace_execution(taken)  # type: ignore[attr-defined]
-        got = await store.get_execution(ex.id)
-        assert got is not None and got.worker == "w1" and got.attempts == 1
-
-    backend.run(scenario)
-
-
-def test_replace_never_undoes_a_racing_append(backend: Backend) -> None:
-    """A document read before a publish and replaced after it keeps the publish."""
-
-    async def scenario(store: Store) -> None:
-        ex = await created(store, queue="q")
-        stale = await store.get_execution(ex.id)
-        assert stale is not None
-        await store.append(ex.id, [PublishItem("progress", {"progress": 40, "stage": "s"})])
-        stale.worker = "w2"
-        await store.replace_execution(stale)  # type: ignore[attr-defined]
-        got = await store.get_execution(ex.id)
-        assert got is not None
-        assert (got.worker, got.last_seq, got.progress, got.status) == ("w2", 2, 40, Status.RUNNING)
-
-    backend.run(scenario)
-
-
 # --- append -------------------------------------------------------------------------
 def test_append_numbers_from_one_after_the_status_event(backend: Backend) -> None:
     async def scenario(store: Store) -> None:

@@ -168,7 +168,7 @@ def test_hundred_subscribers_across_transports_get_a_thousand_events_in_order(he
         # Publish part of the stream before everyone is connected, the rest live.
         await h.tokens_batch(ex, 0, 200)
         deadline = time.monotonic() + 10
-        while len(h.core.connections) < 60 and time.monotonic() < deadline:
+        while len(h.core.sessions) < 60 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for start in range(200, 999, 100):
             await h.tokens_batch(ex, start, min(100, 998 - start))

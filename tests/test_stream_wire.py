@@ -244,11 +244,11 @@ def test_a_client_leaving_mid_stream_releases_its_subscription_and_hub(herald_ru
                 ).encode()
             )
             leave = writer.close
-        await eventually(lambda: len(h.core.connections) == 1 and ex in h.core._hubs)
-        hub = h.core._hubs[ex]
+        await eventually(lambda: len(h.core.sessions) == 1 and ex in h.core.hubs)
+        hub = h.core.hubs.get(ex)
         assert len(hub.subs) == 1
         leave()
-        await eventually(lambda: not h.core.connections and ex not in h.core._hubs, timeout=6)
+        await eventually(lambda: not h.core.sessions and ex not in h.core.hubs, timeout=6)
         assert not hub.subs
         metrics = (await h.fetch("/metrics")).body.decode()
         assert f'herald_connections{{transport="{transport}"}} 0.0' in metrics
@@ -265,14 +265,14 @@ def test_a_websocket_leaving_while_another_stays_keeps_the_hub(herald_run):
         first, second = await h.websocket(ex), await h.websocket(ex)
         await read_ws(first)
         await read_ws(second)
-        await eventually(lambda: len(h.core._hubs.get(ex, ()).subs) == 2 if ex in h.core._hubs else False)
+        await eventually(lambda: len(h.core.hubs.get(ex).subs) == 2 if ex in h.core.hubs else False)
         first.close()
-        await eventually(lambda: len(h.core.connections) == 1)
-        assert len(h.core._hubs[ex].subs) == 1
+        await eventually(lambda: len(h.core.sessions) == 1)
+        assert len(h.core.hubs.get(ex).subs) == 1
         await h.publish(ex, {"event": "token", "data": {"text": "x"}})
         assert [(await read_ws(second))["seq"] for _ in range(2)] == [1, 2]
         second.close()
-        await eventually(lambda: ex not in h.core._hubs, timeout=6)
+        await eventually(lambda: ex not in h.core.hubs, timeout=6)
 
     herald_run(scenario)
 
@@ -290,7 +290,7 @@ def test_connection_limit_answers_429_and_4429(herald_run):
         assert (await ws_until_closed(second))[0]["code"] == "too_many_connections"
         assert second.close_code == 4429
         first.close()
-        await eventually(lambda: not h.core.connections)
+        await eventually(lambda: not h.core.sessions)
         assert (await h.fetch(f"/api/executions/{ex}/events", token=h.mint())).code == 200
 
     herald_run(scenario, max_connections=1)
@@ -312,7 +312,7 @@ def test_a_websocket_that_never_answers_pings_is_closed(herald_run):
             break
         assert pings >= 2
         raw.close()
-        await eventually(lambda: not h.core.connections)
+        await eventually(lambda: not h.core.sessions)
 
     herald_run(scenario, heartbeat=0.3)
 
@@ -335,10 +335,10 @@ def test_a_held_connection_keeps_no_copy_of_a_query_token(herald_run, transport)
         writer.write(
             f"GET /api/executions/{ex}/events?access_token={token}&wait=30 HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode()
         )
-        await eventually(lambda: len(h.core.connections) == 1 and ex in h.core._hubs)
+        await eventually(lambda: len(h.core.sessions) == 1 and ex in h.core.hubs)
         await asyncio.sleep(0.1)
-        (held,) = h.core.connections
-        request = held.request
+        (held,) = h.core.sessions
+        request = held.transport.request if transport == "longpoll" else held.transport.handler.request
         assert token not in repr(request.arguments) and token not in repr(request.query_arguments)
         if transport != "longpoll":  # a poll's access line still shows its query
             assert token not in request.uri and token not in request.query
@@ -362,23 +362,23 @@ def test_a_held_poll_with_nothing_to_say_is_answered_when_wait_runs_out(herald_r
         assert page == {"events": [], "next_after": 0, "done": False, "reset": None}
         # The shared one-second timer answers it: a tick early at most, never late.
         assert 0.9 <= took <= 2.3, took
-        assert not h.core.connections
+        assert not h.core.sessions
 
     herald_run(scenario)
 
 
 @pytest.mark.parametrize("batching", [False, True])
 def test_with_many_polls_held_a_live_answer_waits_for_events_published_with_it(herald_run, batching):
-    """``Core.answer_soon``: under load (here: from one held poll) the answer to a live
-    event is held ``LONGPOLL_HOLD`` so that the next event shares it; below the
+    """``PageAnswers``: under load (here: from one held poll) the answer to a live
+    event is held ``PAGE_HOLD`` so that the next event shares it; below the
     threshold the first event is answered alone, at once."""
 
     async def scenario(h: Herald) -> None:
-        h.core.longpoll_batch_from = 1 if batching else 1_000_000
+        h.core.page_answers.batch_from = 1 if batching else 1_000_000
         ex = (await h.create())["id"]
         token = h.mint()
         poll = asyncio.ensure_future(h.fetch(f"/api/executions/{ex}/events?wait=10", token=token))
-        await eventually(lambda: len(h.core.connections) == 1 and ex in h.core._hubs)
+        await eventually(lambda: len(h.core.sessions) == 1 and ex in h.core.hubs)
         await h.core.publish(ex, [PublishItem("token", {"text": "first"})])
         await asyncio.sleep(0.005)
         await h.core.publish(ex, [PublishItem("token", {"text": "second"})])

@@ -14,6 +14,7 @@ from tornado.websocket import websocket_connect
 
 from client import HeraldClient
 from core.auth import Authenticator
+from core.transport import SHUTDOWN
 from examples.diagnosis_worker import DiagnosisWorker
 from tests.fixtures_server import Herald
 from tests.fixtures_workers import connect_worker, follow_all, open_worker_socket, worker_token
@@ -267,8 +268,8 @@ def test_sdk_runs_the_example_diagnosis_worker_and_reconnects(herald_run):
             assert names.count("result") == 3 and "progress" in names and "log" in names
             assert events[-1]["data"]["result"]["findings"]
             # The server drops the connection: the SDK reconnects and serves on.
-            [link] = [c for c in h.core.connections if c.transport == "worker"]
-            link.close(1001, "server_shutdown")  # type: ignore[attr-defined]
+            [link] = [s for s in h.core.sessions if s.transport_name == "worker"]
+            link.close(SHUTDOWN)
             await wait_for(_connected_twice(runner))
             second = (await h.create(kind="diagnosis", queue="diagnosis"))["id"]
             assert (await follow_all(h, second, "sse"))[-1]["event"] == "complete"

@@ -2,18 +2,17 @@
 
 Answers ``{"events", "next_after", "done", "reset"}``. Events already stored after the
 cursor come back at once; with none and ``wait`` > 0 the request is held on the same
-Subscription the streaming transports use and answered as soon as one arrives, so a
-poller wakes within milliseconds of a publish, not at its timeout.
+Subscription the streaming transports use (``core.sources.ExecutionPage``) and answered
+as soon as one arrives, so a poller wakes within milliseconds of a publish.
 
 A poll is a whole HTTP request, every time, so its cost per request is the transport's
-cost per delivery. It is therefore served one level below ``RequestHandler``: the stream
-URL's long-poll rule routes to ``LongPollRouter``, which gives Tornado's HTTP connection
-a ``LongPoll`` message delegate that reads the already-parsed request and writes its one
-answer (status line, five headers, body) straight to the connection. What it skips is
-what a poll never uses: the handler's header map, ``clear``/``set_default_headers``,
-ETag hashing, the transforms chain, the per-request coroutine wrappers. Errors keep the
-contract's shape (``HeraldError.to_dict``) and the access line is the same one the
-handlers write (``log_access``).
+cost per delivery. It is therefore served one level below ``RequestHandler``: the long-poll
+rule routes to ``LongPollRouter``, which gives Tornado's HTTP connection a ``PollRequest``
+message delegate that reads the already-parsed request and writes its one answer
+(status line, five headers, body) straight to the connection — none of the handler's
+header map, ETag hashing, transforms or per-request coroutine wrappers. Errors keep the
+contract's shape and the access line is the handlers' own. The dashboard feed's
+long-poll uses the same delegate with its own source.
 """
 
 from __future__ import annotations
@@ -22,39 +21,26 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any
 
-from tornado.httputil import (
-    HTTPHeaders,
-    HTTPMessageDelegate,
-    HTTPServerRequest,
-    ResponseStartLine,
-    responses,
-)
+from tornado.httputil import HTTPHeaders, HTTPMessageDelegate, HTTPServerRequest, ResponseStartLine, responses
 from tornado.routing import Router, Rule
 
-from core.auth import may_read
-from core.codec import Encoded, dumps, page_json
-from core.errors import ErrorCode, HeraldError, forbidden
-from core.model import Execution
-from core.stream import TICK, Core, Subscription
-from transports.base import (
-    STREAM_PATH,
-    RequestMatches,
-    as_herald_error,
-    authenticate_request,
-    cursor,
-    int_argument,
-    log_access,
-    redacted_uri,
-    retry_after,
-    shed_arguments,
-    wants_event_stream,
-    wants_websocket,
-)
+from core.auth import Principal
+from core.codec import dumps
+from core.errors import HeraldError
+from core.service import TICK, Core
+from core.session import Session, Source
+from core.sources import ExecutionPage
+from core.transport import CLIENT_GONE, Disconnect, Encoding, Heartbeat, TransportName
+from transports.access_log import log_access, redacted_uri
+from transports.errors import as_herald_error, retry_after
+from transports.request import STREAM_PATH, RequestMatches, authenticate_request, cursor, int_argument, wants_page
+from transports.tornado_internals import shed_arguments
 
-NAME = "longpoll"
+NAME = TransportName.LONGPOLL
 MAX_WAIT = 60
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 500
@@ -62,95 +48,47 @@ CONTENT_TYPE = "application/json; charset=UTF-8"
 
 log = logging.getLogger("herald.longpoll")
 
+#: What a long-poll route does with an authenticated request: the source that makes
+#: its page, and the seconds it may be held (0: answer at once).
+PollOpener = Callable[[Core, HTTPServerRequest, Principal, dict[str, str]], Awaitable[tuple[Source, int]]]
 
-class LongPoll(HTTPMessageDelegate):
-    """One poll: authorise, read or wait for a page, answer, done. Also the ``Sink``
-    its Subscription delivers to and the ``Connection`` the Core's timer sees."""
 
-    transport = NAME
+class LongPollTransport:
+    """A ``Transport`` for one poll: its one write is the whole answer."""
 
-    def __init__(self, core: Core, request: HTTPServerRequest, execution_id: str) -> None:
-        self.core = core
+    name = NAME
+    encoding = Encoding.PAGE
+    heartbeat = Heartbeat.NONE
+    __slots__ = ("request", "gone", "answered")
+
+    def __init__(self, request: HTTPServerRequest) -> None:
         self.request = request
-        self.execution_id = execution_id
-        self.expires_at = float("inf")
-        self._events: list[Encoded] = []
-        self._reset: dict[str, Any] | None = None
-        self._done = False
-        self._limit = DEFAULT_LIMIT
-        self._answered: asyncio.Future | None = None
-        self._subscription: Subscription | None = None
-        self._closed = False
-        self._task: asyncio.Task | None = None  # held here: the loop keeps tasks weakly
+        self.gone = False
+        self.answered = False
 
-    # --- HTTPMessageDelegate --------------------------------------------------------
-    def headers_received(self, start_line: Any, headers: HTTPHeaders) -> None:
-        return None  # the router already holds the parsed request
+    def write(self, data: bytes) -> bool:
+        self.respond(200, data, None)
+        return True
 
-    def data_received(self, chunk: bytes) -> None:
-        return None  # a GET's body, if any, means nothing here
+    def pending_bytes(self) -> int:
+        return 0
 
-    def finish(self) -> None:
-        """The request is read: serve it."""
-        self.request.connection.set_close_callback(self.on_connection_close)  # type: ignore[union-attr]
-        self._task = asyncio.ensure_future(self._serve())
+    def close(self, disconnect: Disconnect) -> None:
+        if disconnect.error is not None:
+            self.refuse(disconnect.error)
 
-    def on_connection_close(self) -> None:
-        self._closed = True
-        self._answer()
+    def refuse(self, exc: BaseException) -> None:
+        """Answer a refusal (or a failure) in the contract's error shape."""
+        if not isinstance(exc, HeraldError):  # an answer, not a fault
+            log.error("long-poll %s failed", redacted_uri(self.request.uri or ""), exc_info=exc)
+        error = as_herald_error(exc, 500)
+        self.respond(error.status, dumps(error.to_dict()).encode(), retry_after(error))
 
-    # --- serving --------------------------------------------------------------------
-    async def _serve(self) -> None:
-        try:
-            body = await self._page()
-        except Exception as exc:
-            if not isinstance(exc, HeraldError):  # an answer, not a fault
-                log.exception("long-poll %s failed", redacted_uri(self.request.uri or ""))
-            error = as_herald_error(exc, 500)
-            self._respond(error.status, dumps(error.to_dict()).encode(), retry_after(error))
-        else:
-            if body is not None:
-                self._respond(200, body, None)
-
-    async def _page(self) -> bytes | None:
-        """The page's body, or None when the client left before it was ready."""
-        core, request = self.core, self.request
-        principal = authenticate_request(core, request)
-        execution = await core.get_execution(self.execution_id)
-        if not may_read(principal, execution):
-            raise forbidden("this token may not read that execution")
-        after = cursor(request)
-        core.check_cursor(execution, after)
-        self._limit = int_argument(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        wait = int_argument(request, "wait", 0, 0, MAX_WAIT)
-        if not core.admit(self):
-            raise HeraldError(ErrorCode.TOO_MANY_CONNECTIONS, 429, "too many connections", retry_after=5)
-        # The Core's shared timer answers the poll when ``wait`` runs out (``expire``),
-        # as it ends a stream whose token expired: no timer per held poll. It ticks
-        # every second, so the deadline is a tick early: a poll is never held longer
-        # than ``wait``.
-        self.expires_at = min(principal.exp, time.time() + wait - TICK)
-        self._answered = asyncio.get_running_loop().create_future()
-        shed_arguments(request)  # read above; a held poll keeps the request
-        subscription = self._subscription = core.follow(self.execution_id, after, self, limit=self._limit)
-        try:
-            await subscription.start(execution)
-            if wait and not self._answered.done() and not self._closed:
-                await self._answered
-        finally:
-            subscription.close()
-            core.release(self)
-        if self._closed:
-            return None
-        next_after = self._events[-1].seq if self._events else after
-        if self._reset is not None and not self._events:
-            next_after = self._reset["last_seq"]
-        return page_json(self._events, next_after, self._done, self._reset)
-
-    def _respond(self, status: int, body: bytes, retry: str | None) -> None:
+    def respond(self, status: int, body: bytes, retry: str | None) -> None:
         connection = self.request.connection
-        if self._closed or connection is None:
+        if self.gone or self.answered or connection is None:
             return
+        self.answered = True
         headers = HTTPHeaders()
         headers["Content-Type"] = CONTENT_TYPE
         headers["Content-Length"] = str(len(body))
@@ -163,60 +101,76 @@ class LongPoll(HTTPMessageDelegate):
         connection.finish()
         log_access(status, self.request)
 
-    # --- Sink -----------------------------------------------------------------------
-    def send_events(self, batch: list[Encoded]) -> None:
-        room = self._limit - len(self._events)
-        if room > 0:
-            self._events.extend(batch[:room])
-            if len(batch) > room:
-                # The rest goes to the next poll; the terminal event is not in this page.
-                self._done = False
-        subscription = self._subscription
-        if len(self._events) >= self._limit and subscription is not None:
-            # The page is full: stop the catch-up before it reads the rest of the log.
-            subscription.close()
-            self._answer()
-        elif subscription is not None and subscription.live:
-            self.core.answer_soon(self._answer)  # under load, later events may join
-        else:
-            self._answer()
 
-    def send_reset(self, execution: Execution) -> None:
-        self._reset = execution.to_public()
-        self._answer()
+class PollRequest(HTTPMessageDelegate):
+    """One poll: authenticate, open the route's source, hold it in a Session, answer."""
 
-    def end_stream(self) -> None:
-        # Terminal only if the terminal event made it into this page (or was before it).
-        if not self._events or self._events[-1].terminal:
-            self._done = True
-        self._answer()
+    def __init__(self, core: Core, request: HTTPServerRequest, opener: PollOpener, path: dict[str, str]) -> None:
+        self.core = core
+        self.request = request
+        self.opener = opener
+        self.path = path
+        self.transport = LongPollTransport(request)
+        self.session: Session | None = None
+        self._task: asyncio.Task[None] | None = None  # held here: the loop keeps tasks weakly
 
-    def _answer(self) -> None:
-        if self._answered is not None and not self._answered.done():
-            self._answered.set_result(None)
+    def headers_received(self, start_line: Any, headers: HTTPHeaders) -> None:
+        return None  # the router already holds the parsed request
 
-    # --- Connection (shared timer) ----------------------------------------------------
-    def heartbeat(self, now: float) -> None:
-        return None  # a held poll is bounded by ``wait``; that is its heartbeat
+    def data_received(self, chunk: bytes) -> None:
+        return None  # a GET's body, if any, means nothing here
 
-    def going_away(self) -> None:
-        self._answer()  # answer what we have; the client polls again elsewhere
+    def finish(self) -> None:
+        """The request is read: serve it."""
+        self.request.connection.set_close_callback(self.on_connection_close)  # type: ignore[union-attr]
+        self._task = asyncio.ensure_future(self._serve())
 
-    def expire(self) -> None:
-        self._answer()
+    def on_connection_close(self) -> None:
+        self.transport.gone = True
+        if self.session is not None:
+            self.session.close(CLIENT_GONE)
+
+    async def _serve(self) -> None:
+        core, request = self.core, self.request
+        try:
+            principal = authenticate_request(core, request)
+            source, wait = await self.opener(core, request, principal, self.path)
+            shed_arguments(request)  # read above; a held poll keeps the request
+            # The shared timer answers the poll when ``wait`` runs out. It ticks every
+            # second, so the deadline is a tick early: a poll is never held past ``wait``.
+            deadline = time.time() + wait - TICK if wait else None
+            self.session = core.sessions.open(self.transport, principal, deadline=deadline)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered in the error shape
+            if isinstance(exc, HeraldError):
+                core.sessions.refused(NAME.value, exc.code.value)
+            self.transport.refuse(exc)
+            return
+        if self.transport.gone:
+            self.session.close(CLIENT_GONE)
+        await self.session.run(source)
+
+
+async def open_execution_page(
+    core: Core, request: HTTPServerRequest, principal: Principal, path: dict[str, str]
+) -> tuple[Source, int]:
+    """An execution's page from ``after``, up to ``limit`` events, held up to ``wait``."""
+    after = cursor(request)
+    execution = await core.authorize_follow(principal, path["execution_id"], after)
+    limit = int_argument(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    wait = int_argument(request, "wait", 0, 0, MAX_WAIT)
+    return ExecutionPage(core, execution, after, limit), wait
 
 
 class LongPollRouter(Router):
-    """The long-poll rule's target: a ``LongPoll`` for each matching request."""
+    """A long-poll rule's target: a ``PollRequest`` for each matching request."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, opener: PollOpener) -> None:
         self.core = core
+        self.opener = opener
 
     def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> HTTPMessageDelegate | None:
-        execution_id = kwargs["path_kwargs"]["execution_id"]
-        if isinstance(execution_id, bytes):
-            execution_id = execution_id.decode()
-        return LongPoll(self.core, request, execution_id)
+        path = {k: v.decode() if isinstance(v, bytes) else v for k, v in kwargs.get("path_kwargs", {}).items()}
+        return PollRequest(self.core, request, self.opener, path)
 
 
 @functools.lru_cache(maxsize=2)
@@ -230,10 +184,4 @@ def http_date() -> str:
 
 
 def rule(core: Core) -> Rule:
-    return Rule(RequestMatches(STREAM_PATH, wants_page), LongPollRouter(core))
-
-
-def wants_page(request: HTTPServerRequest) -> bool:
-    """Any GET that asks for neither a WebSocket nor an event stream: those, when their
-    transport is turned off, fall through to an error instead of a JSON page."""
-    return request.method == "GET" and not wants_websocket(request) and not wants_event_stream(request)
+    return Rule(RequestMatches(STREAM_PATH, wants_page), LongPollRouter(core, open_execution_page))

@@ -18,6 +18,10 @@ Listener = Callable[[list[Event]], None]
 class Broker(Protocol):
     """Channel-per-execution publish/subscribe."""
 
+    #: Called after an outage in which messages may have been lost (set by the Core):
+    #: every subscription then re-reads the store from its cursor.
+    on_resync: Callable[[], None] | None
+
     async def start(self) -> None:
         """Connect."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from core.broker.base import Listener
 from core.model import Event
 
@@ -11,6 +13,8 @@ class LocalBroker:
 
     def __init__(self) -> None:
         self._listeners: dict[str, Listener] = {}
+        #: Never called: an in-process broker loses nothing.
+        self.on_resync: Callable[[], None] | None = None
 
     async def start(self) -> None:
         return None

@@ -11,7 +11,7 @@ import heapq
 from dataclasses import dataclass, field
 
 from core.errors import not_found
-from core.model import LOG_FIELDS, AppendPlan, Event, Execution, PublishItem, Status, plan_append
+from core.model import AppendPlan, Event, Execution, PublishItem, Status, plan_append
 
 
 @dataclass(slots=True)
@@ -127,19 +127,6 @@ class MemoryStore:
 
     # Direct replacement of a document, for server-side transitions that are not
     # events (a worker taking or giving back an execution).
-    async def replace_execution(self, execution: Execution) -> None:
-        """Server-side changes that are not events (a worker taking or giving back an
-        execution); the log's fields only when no event was appended since the read."""
-        current = self._executions.get(execution.id)
-        if current is None:
-            raise not_found()
-        fresh = execution.copy()
-        if current.last_seq != execution.last_seq:
-            for name in LOG_FIELDS:
-                setattr(fresh, name, getattr(current, name))
-        self._executions[execution.id] = fresh
-        self._reindex(fresh)
-
     # --- worker dispatch ----------------------------------------------------------------
     def _reindex(self, ex: Execution) -> None:
         """Keep the dispatch indexes in step with one document."""

@@ -260,22 +260,6 @@ class MongoStore:
         doc = await self._call(self._executions.find_one({"_id": execution_id}))
         return _execution(doc) if doc else None
 
-    async def replace_execution(self, execution: Execution) -> None:
-        """Server-side changes that are not events (a worker taking or giving back an
-        execution). Fields the event log owns are only written when no event was
-        appended since ``execution`` was read, so a racing publish is never undone."""
-        doc = _exec_doc(execution)
-        del doc["_id"]
-        found = await self._call(
-            self._executions.update_one({"_id": execution.id, "last_seq": execution.last_seq}, {"$set": doc})
-        )
-        if found.matched_count:
-            return
-        rest = {k: v for k, v in doc.items() if k not in LOG_FIELDS}
-        result = await self._call(self._executions.update_one({"_id": execution.id}, {"$set": rest}))
-        if not result.matched_count:
-            raise not_found()
-
     async def list_executions(
         self,
         *,

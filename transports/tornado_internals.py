@@ -1,0 +1,145 @@
+"""Everything in Herald that touches Tornado's private internals, in one file.
+
+Two reasons, both measured (docs/performance.md): a fan-out writes the same bytes to
+thousands of sockets, and Tornado's public write path costs a Future, a buffer append
+and a callback per write (``FastWriter`` sends straight to the socket when nothing is
+queued); and a held connection keeps Tornado's request objects for hours, of which the
+header maps and parsed query (a token in it, too) can go once they were read
+(``shed_handshake``, ``shed_arguments``). If a Tornado upgrade moves any of these
+attributes, this is the file to read.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import tornado.web
+from tornado.httputil import HTTPHeaders, HTTPServerRequest
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
+
+
+class FastWriter:
+    """Writes bytes to a connection's socket directly when Tornado has nothing queued
+    for it, and through ``IOStream.write`` otherwise (so order is kept).
+
+    This is what makes a fan-out cheap: no per-write Future, no buffer append, no
+    callback per subscriber on the common path. A connection whose unsent bytes exceed
+    ``limit`` is slow: ``write`` returns False and the caller disconnects it. The test
+    is on what is *already* waiting: one batch of any size may be queued behind a
+    reader that keeps up (a 1,000-event publish can exceed ``limit`` by itself), so the
+    most a connection holds is ``limit`` plus one batch. ``IOStream.write``'s Future
+    retrieves its own exception, so a write to a peer that reset logs nothing.
+    """
+
+    __slots__ = ("stream", "limit", "buffer", "send")
+
+    def __init__(self, stream: IOStream, limit: int) -> None:
+        self.stream = stream
+        self.limit = limit
+        # Tornado keeps one buffer object for the stream's life.
+        self.buffer: Any = stream._write_buffer  # noqa: SLF001 - see the module docstring
+        # TLS streams must go through the SSL layer: a buffer that never looks empty
+        # sends everything through ``queue``.
+        sock: socket.socket | None = None if isinstance(stream, SSLIOStream) else stream.socket
+        self.send = sock.send if sock is not None else _never_sent
+        if sock is None:
+            self.buffer = _ALWAYS_BUSY
+
+    def write(self, data: bytes) -> bool:
+        """Send now if Tornado has nothing queued, else queue behind it; False when the
+        connection is too slow (the caller then disconnects it)."""
+        if not self.buffer._size:  # noqa: SLF001 - see the module docstring
+            try:
+                sent = self.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.stream.close()  # its close callback ends the session
+                return True
+            if sent == len(data):
+                return True
+            data = data[sent:]
+        return self.queue(data)
+
+    def queue(self, data: bytes) -> bool:
+        """Append behind Tornado's buffer (it flushes when the socket drains)."""
+        stream = self.stream
+        buffered = stream._write_buffer  # noqa: SLF001 - see the module docstring
+        if buffered is None or stream.closed():
+            return True
+        if len(buffered) > self.limit:
+            return False
+        try:
+            stream.write(data)
+        except StreamClosedError:
+            pass
+        return True
+
+    def pending(self) -> int:
+        """Bytes queued in Tornado's buffer, not yet taken by the socket."""
+        buffered = self.stream._write_buffer  # noqa: SLF001 - see the module docstring
+        return 0 if buffered is None else len(buffered)
+
+
+class _Busy:
+    """Stands in for the write buffer of a TLS stream: never empty."""
+
+    __slots__ = ()
+    _size = 1
+
+
+_ALWAYS_BUSY = _Busy()
+
+
+def _never_sent(data: bytes) -> int:
+    return 0
+
+
+class _SentHeaders(HTTPHeaders):
+    """Stands in for header maps a long-lived stream holds after they went on the wire;
+    any later change is a bug, so it fails loudly instead of writing into shared state."""
+
+    def __setitem__(self, name: str, value: str) -> None:
+        raise RuntimeError("these headers were already sent")
+
+    def add(self, name: str, value: str, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("these headers were already sent")
+
+
+SENT_HEADERS = _SentHeaders()
+
+#: Stands in for a request's parsed arguments once they were read (read-only, shared).
+NO_ARGUMENTS: Mapping[str, list[bytes]] = MappingProxyType({})
+
+
+def shed_arguments(request: HTTPServerRequest) -> None:
+    """Drop a request's parsed query once it was read. Tornado keeps it twice
+    (``query_arguments`` and a deep copy in ``arguments``), and a token in the query
+    (``?access_token=``, what proxies and the shared bench use) is ~250 bytes in each:
+    ~1.5-2 KB per held long-poll or stream. The token also leaves memory."""
+    request.query_arguments = request.arguments = NO_ARGUMENTS  # type: ignore[assignment]
+    request.body_arguments = request.files = NO_ARGUMENTS  # type: ignore[assignment]
+    request.__dict__.pop("_cookies", None)  # parsed on demand again, from the headers
+
+
+def shed_handshake(handler: tornado.web.RequestHandler) -> None:
+    """Drop what a stream no longer needs once its response headers are written: the
+    response header map, the request's parsed headers and arguments, and the query
+    (with any token in it) from the URI it keeps. A held connection is mostly Tornado's
+    own objects (~16 KB); these are 2-4 KB of it that Herald can free."""
+    request = handler.request
+    handler._headers = SENT_HEADERS  # noqa: SLF001 - RequestHandler has no public way
+    request.headers = SENT_HEADERS
+    shed_arguments(request)
+    request.uri = request.path
+    request.query = ""
+
+
+def connection_stream(request: HTTPServerRequest) -> IOStream:
+    """The IOStream under a request's HTTP/1 connection (Tornado types it as the
+    abstract ``HTTPConnection``, which has none)."""
+    stream: IOStream = request.connection.stream  # type: ignore[union-attr]
+    return stream
