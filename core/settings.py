@@ -39,6 +39,8 @@ class Settings:
     #: Window within which events that arrive together are written as one write.
     coalesce_ms: float = 2.0
     max_connections: int = 20000
+    #: Origins (``scheme://host[:port]``) whose pages may call the API cross-origin.
+    allowed_origins: tuple[str, ...] = ()
     #: Open connections one token subject may hold, every transport counted (0: none).
     max_connections_per_subject: int = 100
     #: Seconds a SIGTERM drain may take before the process exits.
