@@ -3,7 +3,7 @@
 //
 // Plain ES module, no build step. Wire contract and this client's behaviour:
 // docs/protocol.md ("One stream URL, three transports", "The dashboard feed",
-// "The browser client: resuming after a pause").
+// "Negotiation and the browser client", "The browser client: resuming after a pause").
 //
 //   import { Herald } from "/static/herald.js";
 //   const handle = Herald.follow(id, { token, onEvent, onState, onTokenExpired });
