@@ -30,7 +30,7 @@ export function formatValue(value, unit = "") {
   const abs = Math.abs(value);
   if (abs >= 1e6) text = (value / 1e6).toFixed(abs >= 1e7 ? 0 : 1) + "M";
   else if (abs >= 1e3) text = (value / 1e3).toFixed(abs >= 1e4 ? 0 : 1) + "k";
-  else if (abs >= 10 || value === 0) text = String(Math.round(value));
+  else if (abs >= 10 || Number.isInteger(value)) text = String(Math.round(value));
   else if (abs >= 1) text = value.toFixed(1);
   else text = value.toFixed(2);
   return unit ? `${text} ${unit}` : text;
