@@ -47,7 +47,7 @@ class Core:
         self.store = store
         self.broker = broker
         self.auth = authenticator
-        self.tickets = TicketBook()
+        self.tickets = TicketBook(store)
         self.metrics = Metrics()
         #: Events encoded once for the hub and every catch-up (long-poll re-polls).
         self.encoded = EncodedCache()

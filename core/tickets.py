@@ -1,47 +1,61 @@
 """Stream tickets: single-use, short-lived stand-ins for a JWT in a URL.
 
 A browser's ``EventSource`` cannot send headers, so SSE and long-poll URLs carry
-``?ticket=``. A ticket is worth the Principal it was issued for, once, for
-``ttl`` seconds: a leaked access log line is useless. Tickets live in this process;
-behind a load balancer with several processes, route the ticket request and the
-stream to one process or use the cookie (documented in docs/protocol.md).
+``?ticket=``. A ticket is worth the Principal it was issued for, to open one stream:
+
+- it is redeemed once, within ``ttl`` seconds of being issued, for one stream (the
+  request's path), and then only for that stream's reconnects — an ``EventSource``
+  retrying the same URL with ``Last-Event-ID`` — so a plain ``EventSource`` survives a
+  network cut or a server restart;
+- it never outlives its token's ``exp``;
+- it opens streams only (every other endpoint refuses it);
+- it lives in the store, so any process of a deployment redeems it, once.
+
+A leaked access log line is therefore worth one stream of one execution, until the
+token would have expired anyway.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
+from typing import Any
 
-from core.auth import Principal
+from core.auth import Principal, principal_from_claims
 from core.errors import unauthorized
+from core.store.base import Store
+
+
+def principal_claims(principal: Principal) -> dict[str, Any]:
+    """A Principal as the claims that make it again (``principal_from_claims``)."""
+    claims: dict[str, Any] = {"sub": principal.sub, "scope": sorted(principal.scopes), "exp": principal.exp}
+    if principal.executions is not None:
+        claims["executions"] = sorted(principal.executions)
+    return claims
 
 
 class TicketBook:
-    """Issues and redeems tickets."""
+    """Issues and redeems tickets, through the store."""
 
-    def __init__(self, ttl: float = 30.0, clock=time.monotonic) -> None:
+    def __init__(self, store: Store, ttl: float = 30.0, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
         self.ttl = ttl
         self._clock = clock
-        self._tickets: dict[str, tuple[Principal, float]] = {}
 
-    def issue(self, principal: Principal) -> str:
-        self._sweep()
+    async def issue(self, principal: Principal) -> str:
+        now = self._clock()
+        if principal.exp <= now:
+            raise unauthorized("the token has expired")
         ticket = "tk_" + secrets.token_urlsafe(24)
-        self._tickets[ticket] = (principal, self._clock() + self.ttl)
+        await self.store.put_ticket(ticket, principal_claims(principal), now + self.ttl, principal.exp)
         return ticket
 
-    def redeem(self, ticket: str) -> Principal:
-        """The ticket's Principal; the ticket is spent. 401 when unknown, used or late."""
-        found = self._tickets.pop(ticket, None)
-        if found is None:
-            raise unauthorized("unknown or already used ticket")
-        principal, deadline = found
-        if self._clock() > deadline:
-            raise unauthorized("the ticket has expired")
-        return principal
-
-    def _sweep(self) -> None:
-        now = self._clock()
-        if len(self._tickets) > 1000:
-            for key in [k for k, (_, d) in self._tickets.items() if d < now]:
-                del self._tickets[key]
+    async def redeem(self, ticket: str, stream: str, reconnect: bool) -> Principal:
+        """The ticket's Principal for ``stream``; 401 when unknown, already used for
+        another stream, past its first-use window (unless ``reconnect`` to the same
+        stream), or past its token's ``exp``."""
+        claims = await self.store.redeem_ticket(ticket, stream, reconnect, self._clock())
+        if claims is None:
+            raise unauthorized("unknown, used or expired ticket: get a new one from POST /api/tickets")
+        return principal_from_claims(claims)

@@ -22,9 +22,10 @@ class ApiHandler(HeraldRequestHandler):
     needs_token = True
     principal: Principal
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        # A ticket is refused here: tickets open streams only.
         if self.needs_token:
-            self.principal = self.authenticate()
+            self.principal = await self.authenticate()
 
     def json_body(self, *, optional: bool = False) -> Any:
         """The request body as JSON: 415 unless ``application/json``, 400 if malformed."""

@@ -108,8 +108,8 @@ class TicketsHandler(ApiHandler):
     """``POST /api/tickets``: a single-use, 30-second stand-in for the caller's token,
     for URLs (``EventSource`` and long-poll cannot send headers)."""
 
-    def post(self) -> None:
-        ticket = self.core.tickets.issue(self.principal)
+    async def post(self) -> None:
+        ticket = await self.core.tickets.issue(self.principal)
         self.answer(201, {"ticket": ticket, "expires_in": int(self.core.tickets.ttl)})
 
 

@@ -52,7 +52,7 @@ class FeedEvents(EventStreamHandler):
         self.feed = feed
 
     async def get(self) -> None:
-        principal = self.authenticate()
+        principal = await self.authenticate(stream=True)
         require(principal, Scope.EXECUTIONS_READ)
         await self.stream(principal, FeedStream(self.core, self.feed))
 

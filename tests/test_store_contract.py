@@ -304,3 +304,82 @@ def test_concurrent_appends_from_two_processes(backend: Backend) -> None:
         assert again.events == [] and again.seqs[0] in got
 
     backend.run(scenario, stores=2)
+
+
+# --- state every process shares: tickets, leases, the feed's cursor -------------------
+def test_ticket_is_redeemed_once_then_only_for_its_stream_reconnects(backend: Backend) -> None:
+    async def scenario(a: Store, b: Store) -> None:
+        now = time.time()
+        claims = {"sub": "alice", "scope": ["executions:read"], "exp": now + 60}
+        await a.put_ticket("tk_1", claims, now + 30, now + 60)
+        # Another process redeems it (the stores share the data, as processes do).
+        assert await b.redeem_ticket("tk_1", "/s/1", False, now) == claims
+        assert await a.redeem_ticket("tk_1", "/s/1", False, now) is None  # single use
+        assert await a.redeem_ticket("tk_1", "/s/2", True, now) is None  # another stream
+        assert await a.redeem_ticket("tk_1", "/s/1", True, now + 45) == claims  # its reconnect, past the window
+        assert await a.redeem_ticket("tk_1", "/s/1", True, now + 61) is None  # never past the token's exp
+        await a.put_ticket("tk_2", claims, now + 30, now + 60)
+        assert await a.redeem_ticket("tk_2", "/s/1", False, now + 31) is None  # first use too late
+        assert await a.redeem_ticket("tk_2", "/s/3", True, now + 1) == claims  # a first use may carry Last-Event-ID
+        assert await a.redeem_ticket("tk_missing", "/s/1", False, now) is None
+
+    if backend.shared_by_processes:
+        backend.run(scenario, stores=2)
+    else:
+        backend.run(lambda s: scenario(s, s))
+
+
+def test_ticket_redeemed_by_racing_processes_opens_one_stream(backend: Backend) -> None:
+    async def scenario(*stores: Store) -> None:
+        now = time.time()
+        await stores[0].put_ticket("tk_race", {"sub": "a", "scope": [], "exp": now + 60}, now + 30, now + 60)
+        got = await asyncio.gather(*(s.redeem_ticket("tk_race", f"/s/{i}", False, now) for i, s in enumerate(stores)))
+        assert sum(1 for g in got if g is not None) == 1
+
+    backend.run(scenario, stores=3 if backend.shared_by_processes else 1)
+
+
+def test_lease_is_held_by_one_holder_until_it_expires_or_is_released(backend: Backend) -> None:
+    async def scenario(a: Store, b: Store) -> None:
+        now = time.time()
+        assert await a.acquire_lease("worker:q:w1", "p1", {"name": "w1"}, now + 10, now)
+        assert not await b.acquire_lease("worker:q:w1", "p2", {"name": "w1"}, now + 10, now)
+        assert await a.acquire_lease("worker:q:w1", "p1", {"name": "w1", "n": 2}, now + 20, now)  # renewal
+        assert await b.acquire_lease("worker:q:w2", "p2", {"name": "w2"}, now + 10, now)
+        assert await b.acquire_lease("other:x", "p2", {}, now + 10, now)
+        listed = await a.leases("worker:q:", now)
+        assert [(x["key"], x["holder"], x["name"]) for x in listed] == [
+            ("worker:q:w1", "p1", "w1"),
+            ("worker:q:w2", "p2", "w2"),
+        ]
+        assert listed[0]["n"] == 2
+        await b.release_lease("worker:q:w1", "p2")  # not its holder: nothing happens
+        assert not await b.acquire_lease("worker:q:w1", "p2", {}, now + 10, now)
+        await a.release_lease("worker:q:w1", "p1")
+        assert await b.acquire_lease("worker:q:w1", "p2", {"name": "w1"}, now + 10, now)
+        # A holder that died stops renewing: its lease expires and is taken over.
+        assert await a.acquire_lease("worker:q:w3", "dead", {}, now + 1, now)
+        assert await b.acquire_lease("worker:q:w3", "p2", {}, now + 12, now + 2)
+        assert [x["key"] for x in await a.leases("worker:", now + 11)] == ["worker:q:w3"]
+
+    if backend.shared_by_processes:
+        backend.run(scenario, stores=2)
+    else:
+        backend.run(lambda s: scenario(s, s))
+
+
+def test_changed_since_lists_changes_oldest_first(backend: Backend) -> None:
+    async def scenario(store: Store) -> None:
+        first = await created(store, owner="feed-a")
+        second = await created(store, owner="feed-b")
+        mark = time.time()
+        await asyncio.sleep(0.01)
+        await store.append(second.id, [PublishItem("progress", {"progress": 10})])
+        await asyncio.sleep(0.01)
+        await store.append(first.id, [PublishItem("progress", {"progress": 20})])
+        changed = await store.changed_since(owner=None, since=mark)
+        ours = [e.id for e in changed if e.id in (first.id, second.id)]
+        assert ours == [second.id, first.id]
+        assert [e.id for e in await store.changed_since(owner="feed-a", since=mark)] == [first.id]
+
+    backend.run(scenario)

@@ -7,11 +7,11 @@ from typing import Any
 
 import tornado.web
 
-from core.auth import Credentials, Principal
+from core.auth import Principal
 from core.errors import HeraldError
 from core.service import Core
 from transports.errors import as_herald_error, retry_after
-from transports.request import authenticate_request, cursor, int_argument, request_credentials
+from transports.request import authenticate_request, cursor, int_argument
 
 
 class HeraldRequestHandler(tornado.web.RequestHandler):
@@ -40,12 +40,10 @@ class HeraldRequestHandler(tornado.web.RequestHandler):
             return  # an answer, not a fault
         super().log_exception(typ, value, tb)
 
-    def credentials(self, subprotocols: list[str] | None = None) -> Credentials | None:
-        return request_credentials(self.request, self.core.settings.cookie_name, subprotocols or ())
-
-    def authenticate(self, subprotocols: list[str] | None = None) -> Principal:
-        """The caller's Principal from header, subprotocol, ticket, parameter or cookie."""
-        return authenticate_request(self.core, self.request, subprotocols or ())
+    async def authenticate(self, *, stream: bool = False) -> Principal:
+        """The caller's Principal from header, ticket (``stream`` requests only),
+        parameter or cookie."""
+        return await authenticate_request(self.core, self.request, stream=stream)
 
     def int_argument(self, name: str, default: int, low: int, high: int) -> int:
         return int_argument(self.request, name, default, low, high)

@@ -133,7 +133,7 @@ class PollRequest(HTTPMessageDelegate):
     async def _serve(self) -> None:
         core, request = self.core, self.request
         try:
-            principal = authenticate_request(core, request)
+            principal = await authenticate_request(core, request, stream=True)
             source, wait = await self.opener(core, request, principal, self.path)
             shed_arguments(request)  # read above; a held poll keeps the request
             # The shared timer answers the poll when ``wait`` runs out. It ticks every

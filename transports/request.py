@@ -80,15 +80,22 @@ def request_credentials(
     )
 
 
-def authenticate_request(core: Core, request: HTTPServerRequest, subprotocols: Iterable[str] = ()) -> Principal:
-    """The caller's Principal from header, subprotocol, ticket, parameter or cookie."""
+async def authenticate_request(
+    core: Core, request: HTTPServerRequest, subprotocols: Iterable[str] = (), *, stream: bool = False
+) -> Principal:
+    """The caller's Principal from header, subprotocol, ticket, parameter or cookie. A
+    ticket opens streams only (``stream``): it is redeemed for the request's path, again
+    for that path's reconnects (a request carrying ``Last-Event-ID``)."""
     creds = request_credentials(request, core.settings.cookie_name, subprotocols)
     if creds is None:
         raise unauthorized("no credentials: send 'Authorization: Bearer <jwt>' or a ticket")
     began = time.perf_counter()
     try:
         if creds.kind == "ticket":
-            return core.tickets.redeem(creds.value)
+            if not stream:
+                raise unauthorized("a ticket opens streams only: send 'Authorization: Bearer <jwt>'")
+            reconnect = bool(request.headers.get("Last-Event-ID", "").strip())
+            return await core.tickets.redeem(creds.value, request.path, reconnect)
         return core.auth.decode(creds.value)
     finally:
         core.metrics.auth_seconds.observe(time.perf_counter() - began)

@@ -103,7 +103,7 @@ class StreamEvents(EventStreamHandler):
     """Follows one execution's stream as ``text/event-stream``."""
 
     async def get(self, execution_id: str) -> None:
-        principal = self.authenticate()
+        principal = await self.authenticate(stream=True)
         after = self.cursor(header=True)
         execution = await self.core.authorize_follow(principal, execution_id, after)
         await self.stream(principal, ExecutionStream(self.core, execution, after))

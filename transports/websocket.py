@@ -105,7 +105,7 @@ class HeraldSocket(tornado.websocket.WebSocketHandler):
         return None  # frames are small, or pre-encoded once for all subscribers
 
     # --- opening ----------------------------------------------------------------------
-    def sign_in(self) -> Principal:
+    async def sign_in(self) -> Principal:
         """The caller's Principal, with the cookie rules applied; raises HeraldError."""
         creds = request_credentials(self.request, self.core.settings.cookie_name, self._offered)
         if creds is not None and creds.kind == "cookie":
@@ -113,7 +113,7 @@ class HeraldSocket(tornado.websocket.WebSocketHandler):
                 raise forbidden("this socket takes a bearer token, not a cookie")
             if not self._same_origin():
                 raise forbidden("a cookie-authenticated WebSocket must come from this origin")
-        return authenticate_request(self.core, self.request, self._offered)
+        return await authenticate_request(self.core, self.request, self._offered, stream=True)
 
     async def follow(self, principal: Principal, *args: str) -> Source | None:
         """What this connection follows (authorised here; raises HeraldError)."""
@@ -129,7 +129,7 @@ class HeraldSocket(tornado.websocket.WebSocketHandler):
 
     async def open(self, *args: str, **kwargs: str) -> None:
         try:
-            principal = self.sign_in()
+            principal = await self.sign_in()
             source = await self.follow(principal, *args, *kwargs.values())
             transport = WebSocketTransport(self, self.transport_name, self.core.settings.max_buffer_bytes)
             try:

@@ -9,7 +9,7 @@ the log has no gap and no duplicate even with several Herald processes writing.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from core.model import AppendPlan, Event, Execution, PublishItem, Status
 
@@ -60,6 +60,33 @@ class Store(Protocol):
     async def prune(self, older_than: float) -> int:
         """Drop events published before ``older_than`` (epoch seconds); return how many.
         (MongoDB does it with a TTL index and may return 0.)"""
+
+    async def changed_since(self, *, owner: str | None, since: float, limit: int = 200) -> list[Execution]:
+        """Executions whose ``updated_at`` is after ``since``, oldest change first
+        (``owner=None``: everyone's): the dashboard feed's cursor, which any process
+        can answer from."""
+
+    # --- state every process shares (tickets, worker names) ---------------------------
+    async def put_ticket(self, ticket: str, claims: dict[str, Any], redeem_by: float, valid_until: float) -> None:
+        """Store a stream ticket: the token's claims, the last moment it may first be
+        redeemed, and the moment it dies (its token's ``exp``)."""
+
+    async def redeem_ticket(self, ticket: str, stream: str, reconnect: bool, now: float) -> dict[str, Any] | None:
+        """Atomically redeem ``ticket`` for ``stream``: its claims when it was never
+        redeemed (and ``now <= redeem_by``), or, for a ``reconnect``, when it was
+        redeemed for this same ``stream``; None otherwise or once it died."""
+
+    async def acquire_lease(self, key: str, holder: str, data: dict[str, Any], expires_at: float, now: float) -> bool:
+        """Take or renew ``key`` for ``holder`` until ``expires_at`` (with ``data``):
+        True when it was free, expired, or already ``holder``'s; atomic across
+        processes."""
+
+    async def release_lease(self, key: str, holder: str) -> None:
+        """Free ``key`` if ``holder`` holds it."""
+
+    async def leases(self, prefix: str, now: float) -> list[dict[str, Any]]:
+        """The unexpired leases whose key starts with ``prefix``: their ``data`` with
+        ``key`` and ``holder``."""
 
     # --- worker dispatch (core/dispatch.py) -----------------------------------------
     async def claim_pending(self, queue: str, worker: str, now: float) -> Execution | None:

@@ -8,10 +8,15 @@ ones: state is lost when the process stops and it cannot be shared between proce
 from __future__ import annotations
 
 import heapq
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.errors import not_found
 from core.model import AppendPlan, Event, Execution, PublishItem, Status, plan_append
+
+#: Past this many stored tickets, the dead ones are swept when the next is issued.
+TICKETS_SWEEP_FROM = 1000
 
 
 @dataclass(slots=True)
@@ -37,6 +42,10 @@ class MemoryStore:
         self._claimable_heap: dict[str, list[tuple[float, str]]] = {}
         self._claimable: dict[str, set[str]] = {}
         self._in_hand: set[str] = set()
+        #: ticket -> [claims, redeem_by, valid_until, stream it was redeemed for]
+        self._tickets: dict[str, list[Any]] = {}
+        #: key -> (holder, data, expires_at)
+        self._leases: dict[str, tuple[str, dict[str, Any], float]] = {}
 
     async def start(self) -> None:
         return None
@@ -125,8 +134,54 @@ class MemoryStore:
                 dropped += n
         return dropped
 
-    # Direct replacement of a document, for server-side transitions that are not
-    # events (a worker taking or giving back an execution).
+    async def changed_since(self, *, owner: str | None, since: float, limit: int = 200) -> list[Execution]:
+        found = [
+            ex for ex in self._executions.values() if ex.updated_at > since and (owner is None or ex.owner == owner)
+        ]
+        found.sort(key=lambda ex: ex.updated_at)
+        return [ex.copy() for ex in found[:limit]]
+
+    # --- tickets and leases ---------------------------------------------------------------
+    async def put_ticket(self, ticket: str, claims: dict[str, Any], redeem_by: float, valid_until: float) -> None:
+        if len(self._tickets) > TICKETS_SWEEP_FROM:
+            now = time.time()
+            for key in [k for k, t in self._tickets.items() if t[2] <= now or (t[3] is None and t[1] < now)]:
+                del self._tickets[key]
+        self._tickets[ticket] = [claims, redeem_by, valid_until, None]
+
+    async def redeem_ticket(self, ticket: str, stream: str, reconnect: bool, now: float) -> dict[str, Any] | None:
+        found = self._tickets.get(ticket)
+        if found is None or found[2] <= now:
+            return None
+        claims, redeem_by, _, bound = found
+        if bound is None and now <= redeem_by:
+            found[3] = stream
+            return dict(claims)
+        if reconnect and bound == stream:
+            return dict(claims)
+        return None
+
+    async def acquire_lease(self, key: str, holder: str, data: dict[str, Any], expires_at: float, now: float) -> bool:
+        current = self._leases.get(key)
+        if current is not None and current[0] != holder and current[2] > now:
+            return False
+        self._leases[key] = (holder, dict(data), expires_at)
+        return True
+
+    async def release_lease(self, key: str, holder: str) -> None:
+        current = self._leases.get(key)
+        if current is not None and current[0] == holder:
+            del self._leases[key]
+
+    async def leases(self, prefix: str, now: float) -> list[dict[str, Any]]:
+        for key in [k for k, (_, _, until) in self._leases.items() if until <= now]:
+            del self._leases[key]
+        return [
+            {**data, "key": key, "holder": holder}
+            for key, (holder, data, _) in sorted(self._leases.items())
+            if key.startswith(prefix)
+        ]
+
     # --- worker dispatch ----------------------------------------------------------------
     def _reindex(self, ex: Execution) -> None:
         """Keep the dispatch indexes in step with one document."""

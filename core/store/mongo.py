@@ -31,6 +31,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -164,6 +165,8 @@ class MongoStore:
         db = self._client.get_database(self._database_name, write_concern=self.write_concern)
         self._executions = db.get_collection("executions")
         self._events = db.get_collection("events")
+        self._tickets = db.get_collection("tickets")
+        self._leases = db.get_collection("leases")
         try:
             await self._ensure_indexes()
         except StoreUnavailable as exc:
@@ -226,8 +229,17 @@ class MongoStore:
                         IndexModel(
                             [("queue", ASCENDING), ("status", ASCENDING), ("created_at", ASCENDING)], name="by_queue"
                         ),
+                        IndexModel([("owner", ASCENDING), ("updated_at", ASCENDING)], name="changes_by_owner"),
+                        IndexModel([("updated_at", ASCENDING)], name="changes"),
                     ]
                 )
+            )
+            # Tickets and leases remove themselves when they die (a TTL index needs a date).
+            await self._call(
+                self._tickets.create_indexes([IndexModel([("dies", ASCENDING)], expireAfterSeconds=0, name="ttl")])
+            )
+            await self._call(
+                self._leases.create_indexes([IndexModel([("expires", ASCENDING)], expireAfterSeconds=0, name="ttl")])
             )
             self._indexed = True
             log.info("MongoDB indexes ready in %s", self._database_name)
@@ -288,6 +300,60 @@ class MongoStore:
         cursor = self._executions.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
         docs = await self._call(cursor.to_list(limit))
         return [_execution(d) for d in docs]
+
+    async def changed_since(self, *, owner: str | None, since: float, limit: int = 200) -> list[Execution]:
+        query: dict[str, Any] = {"updated_at": {"$gt": since}}
+        if owner is not None:
+            query["owner"] = owner
+        cursor = self._executions.find(query).sort([("updated_at", ASCENDING)]).limit(limit)
+        return [_execution(d) for d in await self._call(cursor.to_list(limit))]
+
+    # --- tickets and leases ----------------------------------------------------------
+    async def put_ticket(self, ticket: str, claims: dict[str, Any], redeem_by: float, valid_until: float) -> None:
+        doc = {
+            "_id": ticket,
+            "claims": claims,
+            "redeem_by": redeem_by,
+            "valid_until": valid_until,
+            "dies": datetime.fromtimestamp(valid_until, tz=UTC),
+            "stream": None,
+        }
+        await self._call(self._tickets.insert_one(doc))
+
+    async def redeem_ticket(self, ticket: str, stream: str, reconnect: bool, now: float) -> dict[str, Any] | None:
+        ways: list[dict[str, Any]] = [{"stream": None, "redeem_by": {"$gte": now}}]
+        if reconnect:
+            ways.append({"stream": stream})
+        doc = await self._call(
+            self._tickets.find_one_and_update(
+                {"_id": ticket, "valid_until": {"$gt": now}, "$or": ways}, {"$set": {"stream": stream}}
+            )
+        )
+        return None if doc is None else dict(doc["claims"])
+
+    async def acquire_lease(self, key: str, holder: str, data: dict[str, Any], expires_at: float, now: float) -> bool:
+        update = {
+            "$set": {
+                "holder": holder,
+                "data": data,
+                "expires_at": expires_at,
+                "expires": datetime.fromtimestamp(expires_at, tz=UTC),
+            }
+        }
+        free = {"_id": key, "$or": [{"holder": holder}, {"expires_at": {"$lte": now}}]}
+        try:
+            await self._call(self._leases.update_one(free, update, upsert=True))
+        except DuplicateKeyError:
+            return False  # held by another holder, unexpired: the upsert's insert collided
+        return True
+
+    async def release_lease(self, key: str, holder: str) -> None:
+        await self._call(self._leases.delete_one({"_id": key, "holder": holder}))
+
+    async def leases(self, prefix: str, now: float) -> list[dict[str, Any]]:
+        query = {"_id": {"$regex": "^" + re.escape(prefix)}, "expires_at": {"$gt": now}}
+        docs = await self._call(self._leases.find(query).sort([("_id", ASCENDING)]).to_list(None))
+        return [{**d["data"], "key": d["_id"], "holder": d["holder"]} for d in docs]
 
     # --- the event log -------------------------------------------------------------
     async def append(self, execution_id: str, items: list[PublishItem]) -> AppendPlan:
