@@ -2,9 +2,9 @@
 progress or stage moves.
 
 The dispatcher (which worker gets what; cancels reaching workers) and the dashboard
-feed observe it. Changes go through the broker on one channel, so with Redis a change
-made on one process reaches observers on all of them, this one included. Tokens and
-logs are not changes: a token stream costs this channel nothing.
+feed observe it. A change reaches this process's observers at once and the other
+processes' through the broker, on one channel. Tokens and logs are not changes: a
+token stream costs this channel nothing.
 """
 
 from __future__ import annotations
@@ -59,11 +59,11 @@ class ChangeChannel:
             {"execution": execution.to_record(), "last": None if last is None else dataclasses.asdict(last)},
             time.time(),
         )
+        self._on_changes([change])  # this process's observers, whatever the broker's health
         try:
             await self.broker.publish(CHANNEL, [change])
-        except Exception:  # noqa: BLE001 - keep this process's observers informed at least
-            log.warning("broker unavailable for the change channel; local observers only")
-            self._on_changes([change])
+        except Exception:  # noqa: BLE001 - other processes' sweeps find what they missed
+            log.exception("broker publish failed for the change channel")
 
     def _on_changes(self, changes: list[Event]) -> None:
         """Broker listener of the change channel."""

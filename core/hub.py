@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 
 from core.broker.base import Broker
 from core.codec import Encoded, EncodedCache, frame_events
+from core.errors import StoreUnavailable
 from core.metrics import Metrics
 from core.model import Event
+from core.store.base import Store
 from core.timing import coalesce_window_end
 from core.transport import Encoding
 
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 MAX_HOLD = 0.025
 #: Seconds a hub without subscribers is kept for the next poll before it is dropped.
 HUB_LINGER = 1.0
+#: Events read per execution and second while the broker is down.
+READ_STORE_PAGE = 1000
 
 
 class Hub:
@@ -179,6 +183,27 @@ class Hubs:
                 del self._hubs[execution_id]
                 hub.cancel()
                 self.broker.unsubscribe(execution_id)
+
+    def deliver(self, execution_id: str, events: list[Event]) -> None:
+        """Events this process just stored: to its own subscribers, at once."""
+        hub = self._hubs.get(execution_id)
+        if hub is not None:
+            hub.on_events(events)
+
+    async def read_store(self, store: Store) -> None:
+        """While the broker is down: read what every followed execution has after its
+        most advanced subscriber, once, and fan it out as if the broker had brought it
+        (subscribers further behind see a hole and read the store themselves)."""
+        for execution_id, hub in list(self._hubs.items()):
+            if not hub.subs:
+                continue
+            after = max(sub.last for sub in hub.subs)
+            try:
+                events = await store.events_after(execution_id, after, READ_STORE_PAGE)
+            except StoreUnavailable:
+                return
+            if events and self._hubs.get(execution_id) is hub:
+                hub.on_events(events)
 
     def resync(self) -> None:
         """Every subscription re-reads the store: called after a broker outage."""

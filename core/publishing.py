@@ -18,7 +18,8 @@ from typing import TypeVar
 from core.broker.base import Broker
 from core.changes import ChangeChannel
 from core.codec import dumps
-from core.errors import ErrorCode, HeraldError, StoreUnavailable, store_unavailable
+from core.errors import ErrorCode, HeraldError, StoreUnavailable, bad_request, store_unavailable
+from core.hub import Hubs
 from core.metrics import Metrics
 from core.model import Event, Execution, PublishItem
 from core.store.base import Store
@@ -52,20 +53,32 @@ class Publisher:
     """Appends events durably, then hands them to the broker and the change channel."""
 
     def __init__(
-        self, store: Store, broker: Broker, metrics: Metrics, changes: ChangeChannel, max_event_bytes: int
+        self,
+        store: Store,
+        broker: Broker,
+        hubs: Hubs,
+        metrics: Metrics,
+        changes: ChangeChannel,
+        max_event_bytes: int,
     ) -> None:
         self.store = store
         self.broker = broker
+        self.hubs = hubs
         self.metrics = metrics
         self.changes = changes
         self.max_event_bytes = max_event_bytes
         self._queues: dict[str, _AppendQueue] = {}
 
     def check_size(self, items: list[PublishItem]) -> None:
-        """413 for an event whose envelope would exceed ``max_event_bytes``."""
+        """413 for an event whose envelope would exceed ``max_event_bytes``; 400 for
+        data that is not strict JSON (``core.jsonstrict`` refuses it on the way in, so
+        this is the second line: nothing unserialisable is ever stored)."""
         limit = self.max_event_bytes
         for i, item in enumerate(items):
-            size = len(dumps(item.data).encode()) + len(item.event) + ENVELOPE_OVERHEAD
+            try:
+                size = len(dumps(item.data).encode()) + len(item.event) + ENVELOPE_OVERHEAD
+            except ValueError:  # NaN or Infinity (allow_nan=False), a lone surrogate
+                raise bad_request("event data is not strict JSON", ErrorCode.BAD_JSON, index=i) from None
             if size > limit:
                 raise HeraldError(
                     ErrorCode.EVENT_TOO_LARGE,
@@ -137,13 +150,15 @@ class Publisher:
         await self._announce(plan.execution, plan.events)
 
     async def _announce(self, execution: Execution, events: list[Event]) -> None:
-        """Hand freshly stored events to the broker and the change channel."""
+        """Hand freshly stored events to this process's subscribers at once, then to
+        the other processes through the broker, and to the change channel."""
         if not events:
             return
         self.metrics.published.inc(len(events))
+        self.hubs.deliver(execution.id, events)
         try:
             await self.broker.publish(execution.id, events)
-        except Exception:  # noqa: BLE001 - the events are stored: subscribers catch up from the store
+        except Exception:  # noqa: BLE001 - the events are stored: other processes read them from the store
             log.exception("broker publish failed for %s", execution.id)
         if self.changes.moves(events):
             await self.changes.announce(execution, events[-1])

@@ -24,6 +24,7 @@ from core.hub import Hubs
 from core.metrics import Metrics
 from core.model import Execution, PublishItem, new_execution_id
 from core.publishing import Publisher, guard
+from core.ratelimit import PublishLimits
 from core.sessions import Sessions
 from core.settings import Settings
 from core.sources import PageAnswers
@@ -52,12 +53,15 @@ class Core:
         #: Events encoded once for the hub and every catch-up (long-poll re-polls).
         self.encoded = EncodedCache()
         self.changes = ChangeChannel(broker)
-        self.publisher = Publisher(store, broker, self.metrics, self.changes, settings.max_event_bytes)
         self.hubs = Hubs(broker, self.encoded, self.metrics, settings.coalesce_ms / 1000.0)
+        self.publisher = Publisher(store, broker, self.hubs, self.metrics, self.changes, settings.max_event_bytes)
         self.sessions = Sessions(settings, authenticator, self.metrics)
         self.page_answers = PageAnswers(self.metrics)
+        #: ``--publish-rate``: one token bucket per subject, for every client publish.
+        self.publish_limits = PublishLimits(settings.publish_rate, settings.publish_burst)
         self._owners: dict[str, Execution] = {}
         self._timer_task: asyncio.Task[None] | None = None
+        self._store_reader: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self.draining = False
 
@@ -167,6 +171,9 @@ class Core:
                 mono = time.monotonic()
                 self.hubs.drop_idle(mono)
                 self.sessions.tick(time.time(), mono)
+                if not self.broker.healthy and (self._store_reader is None or self._store_reader.done()):
+                    # Other processes' events come from the store until the broker is back.
+                    self._store_reader = asyncio.ensure_future(self.hubs.read_store(self.store))
             except Exception:
                 log.exception("the shared timer's tick failed")
 

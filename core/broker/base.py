@@ -1,8 +1,12 @@
-"""The Broker protocol: carries freshly stored events to every Herald process.
+"""The Broker protocol: carries freshly stored events to the *other* Herald processes.
 
-The in-process broker (``local.py``) serves a single process; a Redis broker serves
-several. The broker is only a doorbell with the events attached: correctness never
-depends on it, because a subscription that sees a gap in ``seq`` re-reads the store.
+The publishing process delivers to its own subscribers itself, at once, whatever the
+broker's health (``Publisher``, ``ChangeChannel``); a broker never echoes a process's
+own messages back to it. The in-process broker (``local.py``) has no other process to
+reach; a Redis broker reaches the others. The broker is only a doorbell with the
+events attached: correctness never depends on it, because a subscription that sees a
+hole in ``seq`` re-reads the store, and while the broker is down (``healthy`` False)
+the Core reads the store for every followed execution once a second.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ class Broker(Protocol):
     #: every subscription then re-reads the store from its cursor.
     on_resync: Callable[[], None] | None
 
+    @property
+    def healthy(self) -> bool:
+        """Whether messages from other processes are arriving (subscribed and connected)."""
+
     async def start(self) -> None:
         """Connect."""
 
@@ -38,4 +46,5 @@ class Broker(Protocol):
         """Stop listening on ``channel``."""
 
     async def publish(self, channel: str, events: list[Event]) -> None:
-        """Hand ``events`` (already stored, in seq order) to every listener."""
+        """Hand ``events`` (already stored, in seq order) to the listeners of ``channel``
+        in every other process."""

@@ -1,4 +1,9 @@
-"""In-process broker: one listener per channel, called synchronously."""
+"""In-process broker: a single process has no other process to reach.
+
+Its ``publish`` therefore delivers nothing (the publishing process delivers to its own
+subscribers itself); it keeps the listeners so that the Core's life cycle is the same
+with or without Redis.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,9 @@ class LocalBroker:
     def unsubscribe(self, channel: str) -> None:
         self._listeners.pop(channel, None)
 
+    @property
+    def healthy(self) -> bool:
+        return True
+
     async def publish(self, channel: str, events: list[Event]) -> None:
-        listener = self._listeners.get(channel)
-        if listener is not None:
-            listener(events)
+        return None  # no other process
