@@ -28,16 +28,17 @@ from core.dispatch import Dispatcher
 from core.health import start_health_probe
 from core.logs import FORMATS, configure_logging
 from core.runtime import tune_gc
+from core.service import Core
 from core.settings import Secret, Settings
 from core.store.base import Store
-from core.service import Core
 from handlers import demo, feed, stats, workers
 from handlers.executions import CancelHandler, EventsHandler, ExecutionHandler, ExecutionsHandler, TicketsHandler
 from handlers.ops import HealthHandler, MetricsHandler, NegotiateHandler, ReadyHandler
 from handlers.pages import PageHandler
+from handlers.streams import StreamsHandler
 from transports import TRANSPORTS
 from transports.access_log import log_access
-from transports.request import STREAM_PATH
+from transports.request import STREAM_PATH, STREAMS_PATH
 
 log = logging.getLogger("herald")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -201,8 +202,8 @@ def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web
     probe = start_health_probe(core, dispatcher)  # store/broker health, queues, the console's figures
     # The stream URL first: it takes almost every request under load (a long-poll is one
     # request per page), and Tornado tries rules in order.
-    handlers: list[Any] = [TRANSPORTS[name](core) for name in core.settings.transports]
-    handlers += [(STREAM_PATH, EventsHandler, c)]
+    handlers: list[Any] = [rule(core) for name in core.settings.transports for rule in TRANSPORTS[name]]
+    handlers += [(STREAM_PATH, EventsHandler, c), (STREAMS_PATH, StreamsHandler, c)]
     handlers += [
         *feed.routes(core),  # before /api/executions/ID, which "feed" would match
         *demo.routes(core, dispatcher),

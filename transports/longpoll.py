@@ -31,13 +31,23 @@ from tornado.routing import Router, Rule
 from core.auth import Principal
 from core.codec import dumps
 from core.errors import HeraldError
+from core.multiplex import MultiPage
 from core.service import TICK, Core
 from core.session import Session, Source
 from core.sources import ExecutionPage
 from core.transport import CLIENT_GONE, Disconnect, Encoding, Heartbeat, TransportName
 from transports.access_log import log_access, redacted_uri
 from transports.errors import as_herald_error, retry_after
-from transports.request import STREAM_PATH, RequestMatches, authenticate_request, cursor, int_argument, wants_page
+from transports.request import (
+    STREAM_PATH,
+    STREAMS_PATH,
+    RequestMatches,
+    authenticate_request,
+    cursor,
+    int_argument,
+    stream_cursors,
+    wants_page,
+)
 from transports.tornado_internals import shed_arguments
 
 NAME = TransportName.LONGPOLL
@@ -161,6 +171,17 @@ async def open_execution_page(
     return ExecutionPage(core, execution, after, limit), wait
 
 
+async def open_streams_page(
+    core: Core, request: HTTPServerRequest, principal: Principal, path: dict[str, str]
+) -> tuple[Source, int]:
+    """Several executions' page (``s=ID:AFTER`` repeated), up to ``limit`` events each,
+    held up to ``wait`` until any of them has something."""
+    requested = stream_cursors(request, required=True)
+    limit = int_argument(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    wait = int_argument(request, "wait", 0, 0, MAX_WAIT)
+    return MultiPage(core, requested, limit), wait
+
+
 class LongPollRouter(Router):
     """A long-poll rule's target: a ``PollRequest`` for each matching request."""
 
@@ -185,3 +206,7 @@ def http_date() -> str:
 
 def rule(core: Core) -> Rule:
     return Rule(RequestMatches(STREAM_PATH, wants_page), LongPollRouter(core, open_execution_page))
+
+
+def streams_rule(core: Core) -> Rule:
+    return Rule(RequestMatches(STREAMS_PATH, wants_page), LongPollRouter(core, open_streams_page))

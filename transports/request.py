@@ -18,9 +18,13 @@ from tornado.routing import Matcher, PathMatches
 
 from core.auth import Credentials, Principal, find_credentials
 from core.errors import ErrorCode, bad_request, unauthorized
+from core.multiplex import MAX_STREAMS, too_many
 from core.service import Core
 
 STREAM_PATH = r"/api/executions/(?P<execution_id>[A-Za-z0-9_-]{1,64})/events"
+#: Several executions' streams over one connection (``s=ID:AFTER``, repeated).
+STREAMS_PATH = r"/api/streams"
+_EXECUTION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0e-\x1f]")  # as RequestHandler.get_argument
 
 
@@ -128,3 +132,34 @@ def cursor(request: HTTPServerRequest, header: bool = False) -> int:
     if value < 0:
         raise bad_request("the cursor must not be negative", ErrorCode.CURSOR_OUT_OF_RANGE, after=value)
     return value
+
+
+def stream_cursors(request: HTTPServerRequest, *, required: bool) -> dict[str, int]:
+    """The executions an ``/api/streams`` request names, each with its cursor:
+    ``s=ID:AFTER`` (``AFTER`` 0 when left out), repeated, at most ``MAX_STREAMS``, each
+    execution once. ``required``: SSE and long-poll must name one; a WebSocket may
+    subscribe later."""
+    values = request.query_arguments.get("s", [])
+    if len(values) > MAX_STREAMS:
+        raise too_many()
+    if required and not values:
+        raise bad_request("name the executions to follow: s=ID:AFTER, repeated")
+    cursors: dict[str, int] = {}
+    for value in values:
+        try:
+            text = value.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise bad_request("s is not valid UTF-8") from None
+        execution_id, _, raw = text.partition(":")
+        if not _EXECUTION_ID.fullmatch(execution_id):
+            raise bad_request("s must be ID:AFTER with an execution id", s=text)
+        if execution_id in cursors:
+            raise bad_request("each execution may be named once", s=text)
+        try:
+            after = int(raw) if raw else 0
+        except ValueError:
+            raise bad_request("the cursor must be an integer", ErrorCode.CURSOR_OUT_OF_RANGE, s=text) from None
+        if after < 0:
+            raise bad_request("the cursor must not be negative", ErrorCode.CURSOR_OUT_OF_RANGE, s=text)
+        cursors[execution_id] = after
+    return cursors

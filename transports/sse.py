@@ -17,13 +17,14 @@ from tornado.routing import Rule
 
 from core.auth import Principal
 from core.codec import control, frame_control
+from core.multiplex import MultiStream
 from core.service import Core
 from core.session import Session, Source
 from core.sources import ExecutionStream
 from core.transport import CLIENT_GONE, Disconnect, Encoding, Heartbeat, TransportName
 from transports.errors import as_herald_error
 from transports.handler import HeraldRequestHandler
-from transports.request import STREAM_PATH, RequestMatches, wants_event_stream
+from transports.request import STREAM_PATH, STREAMS_PATH, RequestMatches, stream_cursors, wants_event_stream
 from transports.tornado_internals import FastWriter, connection_stream, shed_handshake
 
 NAME = TransportName.SSE
@@ -111,3 +112,18 @@ class StreamEvents(EventStreamHandler):
 
 def rule(core: Core) -> Rule:
     return Rule(RequestMatches(STREAM_PATH, wants_event_stream), StreamEvents, {"core": core})
+
+
+class StreamsEvents(EventStreamHandler):
+    """Follows several executions as one ``text/event-stream`` (``/api/streams``,
+    ``s=ID:AFTER`` repeated). ``Last-Event-ID`` cannot carry several cursors: the client
+    reopens the request with its own set."""
+
+    async def get(self) -> None:
+        principal = await self.authenticate(stream=True)
+        requested = stream_cursors(self.request, required=True)
+        await self.stream(principal, MultiStream(self.core, requested, closes_when_empty=True))
+
+
+def streams_rule(core: Core) -> Rule:
+    return Rule(RequestMatches(STREAMS_PATH, wants_event_stream), StreamsEvents, {"core": core})

@@ -24,16 +24,19 @@ from core.auth import PROTOCOL_NAME, Principal, Scope
 from core.closecodes import CloseCode
 from core.codec import control, dumps
 from core.errors import HeraldError, forbidden
+from core.multiplex import MultiStream
 from core.service import Core
 from core.session import Ops, Session, Source
 from core.sources import ExecutionStream
 from core.transport import CLIENT_GONE, Disconnect, Encoding, Heartbeat, TransportName
 from transports.request import (
     STREAM_PATH,
+    STREAMS_PATH,
     RequestMatches,
     authenticate_request,
     cursor,
     request_credentials,
+    stream_cursors,
     wants_websocket,
 )
 from transports.tornado_internals import FastWriter, shed_handshake
@@ -188,3 +191,22 @@ class StreamSocket(HeraldSocket):
 
 def rule(core: Core) -> Rule:
     return Rule(RequestMatches(STREAM_PATH, wants_websocket), StreamSocket, {"core": core})
+
+
+class StreamsSocket(HeraldSocket):
+    """Follows several executions over one WebSocket (``/api/streams``): the ones named
+    in the URL (``s=ID:AFTER``, optional), then ``subscribe`` and ``unsubscribe`` ops."""
+
+    multiplex: MultiStream | None = None
+
+    async def follow(self, principal: Principal, *args: str) -> Source | None:
+        requested = stream_cursors(self.request, required=False)
+        self.multiplex = MultiStream(self.core, requested, closes_when_empty=False)
+        return self.multiplex
+
+    def ops(self) -> Ops | None:
+        return self.multiplex
+
+
+def streams_rule(core: Core) -> Rule:
+    return Rule(RequestMatches(STREAMS_PATH, wants_websocket), StreamsSocket, {"core": core})
