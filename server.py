@@ -38,6 +38,7 @@ from handlers.pages import PageHandler
 from handlers.streams import StreamsHandler
 from transports import TRANSPORTS
 from transports.access_log import log_access
+from transports.handler import StaticFiles, preflight_rule
 from transports.request import STREAM_PATH, STREAMS_PATH
 
 log = logging.getLogger("herald")
@@ -225,8 +226,11 @@ def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web
         (r"/executions/([A-Za-z0-9_-]{1,64})", PageHandler, {"core": core, "template": "execution.html"}),
     ]
     return tornado.web.Application(
-        handlers,
+        # CORS preflights (OPTIONS) before every other rule, which would ask for a token.
+        [preflight_rule(core), *handlers],
         static_path=os.path.join(HERE, "static"),
+        static_handler_class=StaticFiles,  # CORS headers: herald.js may be imported cross-origin
+        static_handler_args={"settings": core.settings},
         log_function=log_request,
         websocket_max_message_size=max(65536, core.settings.max_event_bytes * 2),
         max_body_size=max(core.settings.max_event_bytes * 1000, 1 << 20),

@@ -37,6 +37,7 @@ from core.session import Session, Source
 from core.sources import ExecutionPage
 from core.transport import CLIENT_GONE, Disconnect, Encoding, Heartbeat, TransportName
 from transports.access_log import log_access, redacted_uri
+from transports.cors import Header, answer_headers
 from transports.errors import as_herald_error, retry_after
 from transports.request import (
     STREAM_PATH,
@@ -64,15 +65,17 @@ PollOpener = Callable[[Core, HTTPServerRequest, Principal, dict[str, str]], Awai
 
 
 class LongPollTransport:
-    """A ``Transport`` for one poll: its one write is the whole answer."""
+    """A ``Transport`` for one poll: its one write is the whole answer (with the CORS
+    headers ``cors`` of the request's origin, ``transports.cors``)."""
 
     name = NAME
     encoding = Encoding.PAGE
     heartbeat = Heartbeat.NONE
-    __slots__ = ("request", "gone", "answered")
+    __slots__ = ("request", "cors", "gone", "answered")
 
-    def __init__(self, request: HTTPServerRequest) -> None:
+    def __init__(self, request: HTTPServerRequest, cors: list[Header]) -> None:
         self.request = request
+        self.cors = cors
         self.gone = False
         self.answered = False
 
@@ -106,6 +109,8 @@ class LongPollTransport:
         headers["Date"] = http_date()
         if retry is not None:
             headers["Retry-After"] = retry
+        for name, value in self.cors:
+            headers[name] = value
         start = ResponseStartLine("HTTP/1.1", status, responses.get(status, "Unknown"))
         connection.write_headers(start, headers, body)
         connection.finish()
@@ -120,7 +125,8 @@ class PollRequest(HTTPMessageDelegate):
         self.request = request
         self.opener = opener
         self.path = path
-        self.transport = LongPollTransport(request)
+        origin = request.headers.get("Origin")
+        self.transport = LongPollTransport(request, answer_headers(origin, request.path, core.settings))
         self.session: Session | None = None
         self._task: asyncio.Task[None] | None = None  # held here: the loop keeps tasks weakly
 

@@ -1,22 +1,31 @@
 """Server-Sent Events transport.
 
-The response opens with ``retry:``, a 2 KiB comment (old proxies flush after a
-threshold) and the ``ready`` control message; each event is ``id``/``event``/``data``;
-control messages are ``event: control`` without ``id`` so ``Last-Event-ID`` only ever
-names a real event. Heartbeats are ``ping`` control messages, visible to the page.
-Errors before the stream starts are ordinary JSON errors; after it, the session writes
-an ``error`` control message and the response ends.
+The response opens with an ``id:`` line holding the request's cursor (an execution's
+stream; so a browser that reconnects before any event arrived still sends the right
+``Last-Event-ID``), ``retry:``, a 2 KiB comment (old proxies flush after a threshold)
+and the ``ready`` control message; each event is ``id``/``event``/``data``; control
+messages are ``event: control`` without ``id`` so ``Last-Event-ID`` only ever names a
+real event. With ``?events=message`` events have no ``event:`` line, so a plain
+``EventSource``'s ``onmessage`` sees them all. Heartbeats are ``ping`` control
+messages, visible to the page. Errors before the stream starts are ordinary JSON
+errors; after it, the session writes an ``error`` control message and the response
+ends. A request whose cursor is at or past the end of a finished execution is answered
+``204 No Content``, which stops an ``EventSource`` for good.
 """
 
 from __future__ import annotations
 
+import re
+from enum import StrEnum
 from typing import Any
 
 from tornado.iostream import StreamClosedError
 from tornado.routing import Rule
 
 from core.auth import Principal
-from core.codec import control, frame_control
+from core.codec import control, frame_control, http_chunk
+from core.errors import bad_request
+from core.model import Execution
 from core.multiplex import MultiStream
 from core.service import Core
 from core.session import Session, Source
@@ -32,6 +41,51 @@ RETRY_MS = 1000
 PADDING = b":" + b" " * 2048 + b"\n\n"
 
 
+class EventNames(StrEnum):
+    """How events are named on an execution's stream (``?events=``)."""
+
+    NAMED = "named"  # ``event: <name>``: a page listens with addEventListener(name)
+    MESSAGE = "message"  # no ``event:`` line: every event reaches ``onmessage``
+
+
+def event_names(raw: str) -> EventNames:
+    """``?events=`` (empty: the default, named events); a 400 for anything else."""
+    try:
+        return EventNames(raw or EventNames.NAMED)
+    except ValueError:
+        raise bad_request("events must be 'named' or 'message'", events=raw) from None
+
+
+#: The ``event:`` line of an event block (blocks with an ``id:`` are events; control
+#: blocks have none). Data is one line of JSON, which escapes every newline.
+_EVENT_LINE = re.compile(rb"^(id: \d+\n)event: [^\n]*\n", re.MULTILINE)
+
+
+def unnamed_events(data: bytes, chunked: bool) -> bytes:
+    """``data`` (SSE blocks, in HTTP/1.1 chunks when ``chunked``) with the ``event:``
+    line of every event removed, so a browser dispatches each as ``message``.
+
+    Events are framed once per fan-out for every subscriber (``core.codec``), so this
+    opt-in costs its subscriber a rewrite per write instead of another frame cache."""
+    if not chunked:
+        return _EVENT_LINE.sub(rb"\1", data)
+    out = bytearray()
+    at = 0
+    while at < len(data):  # every write is whole chunks: size CRLF payload CRLF
+        eol = data.index(b"\r\n", at)
+        start = eol + 2
+        end = start + int(data[at:eol], 16)
+        out += http_chunk(_EVENT_LINE.sub(rb"\1", data[start:end]))
+        at = end + 2
+    return bytes(out)
+
+
+def nothing_left(execution: Execution, after: int) -> bool:
+    """The execution has ended and a client at ``after`` has every event of it: an
+    ``EventSource`` reconnecting after ``complete`` is answered ``204``, its last."""
+    return execution.status.terminal and after >= execution.last_seq
+
+
 class EventStreamTransport:
     """A ``Transport`` over a streaming ``text/event-stream`` response. HTTP/1.1
     responses are chunked, so its frames are SSE blocks inside chunks; an HTTP/1.0
@@ -41,12 +95,15 @@ class EventStreamTransport:
     heartbeat = Heartbeat.CONTROL_MESSAGE
     __slots__ = ("handler", "encoding", "writer", "write")
 
-    def __init__(self, handler: HeraldRequestHandler, limit: int) -> None:
+    def __init__(self, handler: HeraldRequestHandler, limit: int, names: EventNames = EventNames.NAMED) -> None:
         self.handler = handler
         # Tornado chunks every HTTP/1.1 response that has no Content-Length.
         self.encoding = Encoding.SSE_CHUNK if handler.request.version == "HTTP/1.1" else Encoding.SSE
         self.writer = FastWriter(connection_stream(handler.request), limit)
-        self.write = self.writer.write
+        self.write = self.writer.write if names is EventNames.NAMED else self._write_unnamed
+
+    def _write_unnamed(self, data: bytes) -> bool:
+        return self.writer.write(unnamed_events(data, self.encoding is Encoding.SSE_CHUNK))
 
     def pending_bytes(self) -> int:
         return self.writer.pending()
@@ -69,17 +126,24 @@ class EventStreamHandler(HeraldRequestHandler):
 
     session: Session | None = None
 
-    async def stream(self, principal: Principal, source: Source) -> None:
+    async def stream(
+        self, principal: Principal, source: Source, cursor: int | None = None, names: EventNames = EventNames.NAMED
+    ) -> None:
         """Admit the connection (errors are still plain HTTP answers), write the
-        preamble — headers that stop caches and nginx buffering, ``retry:``, padding,
-        ``ready`` — then follow ``source`` until the connection ends."""
-        transport = EventStreamTransport(self, self.core.settings.max_buffer_bytes)
+        preamble — headers that stop caches and nginx buffering, ``id: <cursor>`` when
+        the stream has one, ``retry:``, padding, ``ready`` — then follow ``source``
+        until the connection ends."""
+        transport = EventStreamTransport(self, self.core.settings.max_buffer_bytes, names)
         session = self.session = self.core.sessions.open(transport, principal)
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         ready = frame_control(control("ready", transport=NAME.value), Encoding.SSE)
-        self.write(b"retry: %d\n\n" % RETRY_MS + PADDING + ready)
+        # An ``id:`` line then a blank line sets the browser's last event ID without
+        # dispatching anything (WHATWG HTML, "dispatch the event": the ID is taken
+        # before an empty data buffer returns), so the first byte carries the cursor.
+        position = b"" if cursor is None else b"id: %d\n" % cursor
+        self.write(position + b"retry: %d\n\n" % RETRY_MS + PADDING + ready)
         try:
             await self.flush()
         except StreamClosedError:
@@ -104,10 +168,16 @@ class StreamEvents(EventStreamHandler):
     """Follows one execution's stream as ``text/event-stream``."""
 
     async def get(self, execution_id: str) -> None:
+        names = event_names(self.get_query_argument("events", ""))
         principal = await self.authenticate(stream=True)
         after = self.cursor(header=True)
-        execution = await self.core.authorize_follow(principal, execution_id, after)
-        await self.stream(principal, ExecutionStream(self.core, execution, after))
+        execution = await self.core.authorize_follow(principal, execution_id, 0)
+        if nothing_left(execution, after):
+            self.set_status(204)
+            self.finish()
+            return
+        self.core.check_cursor(execution, after)
+        await self.stream(principal, ExecutionStream(self.core, execution, after), after, names)
 
 
 def rule(core: Core) -> Rule:

@@ -182,11 +182,18 @@ class HeraldSocket(tornado.websocket.WebSocketHandler):
 class StreamSocket(HeraldSocket):
     """Follows one execution's stream over a WebSocket."""
 
+    after = 0
+
     async def follow(self, principal: Principal, *args: str) -> Source | None:
         (execution_id,) = args
-        after = self.cursor()
+        after = self.after = self.cursor()
         execution = await self.core.authorize_follow(principal, execution_id, after)
         return ExecutionStream(self.core, execution, after)
+
+    def ready(self) -> dict[str, Any]:
+        """``ready`` with the cursor the stream starts after (as SSE's first ``id:``
+        line and the long-poll page's ``next_after``): the first frame says where it is."""
+        return {**super().ready(), "after": self.after}
 
 
 def rule(core: Core) -> Rule:
