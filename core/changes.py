@@ -35,9 +35,23 @@ class ChangeChannel:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.observers: list[Observer] = []
+        self.gap_observers: list[Callable[[], None]] = []
 
     def observe(self, observer: Observer) -> None:
         self.observers.append(observer)
+
+    def observe_gaps(self, observer: Callable[[], None]) -> None:
+        """``observer()`` when changes of other processes may have been missed (the
+        broker lost messages during an outage)."""
+        self.gap_observers.append(observer)
+
+    def lost(self) -> None:
+        """The broker is back after an outage: tell the gap observers."""
+        for observer in self.gap_observers:
+            try:
+                observer()
+            except Exception:
+                log.exception("a change-gap observer failed")
 
     def start(self) -> None:
         self.broker.subscribe(CHANNEL, self._on_changes)

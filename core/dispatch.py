@@ -34,12 +34,21 @@ from typing import Any, Protocol
 
 from core.errors import ErrorCode, HeraldError
 from core.model import TERMINAL_EVENTS, Event, Execution, PublishItem, Status, rfc3339
+from core.publishing import guard
 from core.service import Core
 
 log = logging.getLogger("herald.dispatch")
 
 #: How often the dispatcher looks for stale executions and work other processes queued.
 SWEEP_SECONDS = 1.0
+#: How long a worker's name (and a process's waiting claims) stays taken without a
+#: renewal: a process that dies frees its workers' names after this.
+LEASE_SECONDS = 10.0
+#: How often leases are renewed.
+RENEW_SECONDS = 3.0
+#: Lease keys: a worker's name on a queue, a process's HTTP claims on a queue.
+WORKER_LEASE = "worker:"
+CLAIMS_LEASE = "claims:"
 
 
 class WorkerLink(Protocol):
@@ -104,33 +113,69 @@ class Dispatcher:
         self._pumping: set[str] = set()
         self._again: set[str] = set()
         self._sweeper: asyncio.Task | None = None
+        self._renewed = 0.0
+        #: Queues for which this process published HTTP claims (to withdraw them).
+        self._claim_queues: set[str] = set()
         core.changes.observe(self.observe)
 
     # --- workers ------------------------------------------------------------------------
-    def connect(self, link: WorkerLink) -> None:
-        """Register a worker; 409 (close code 4409) if its name is taken on the queue."""
+    async def connect(self, link: WorkerLink) -> None:
+        """Register a worker; 409 (close code 4409) if its name is taken on the queue,
+        on this process or any other (a lease in the store, renewed while connected)."""
+        taken = HeraldError(
+            ErrorCode.CONFLICT,
+            409,
+            f"a worker named {link.name!r} already serves queue {link.queue!r}",
+            {"queue": link.queue, "name": link.name},
+        )
         workers = self._links.setdefault(link.queue, {})
         if link.name in workers:
-            raise HeraldError(
-                ErrorCode.CONFLICT,
-                409,
-                f"a worker named {link.name!r} already serves queue {link.queue!r}",
-                {"queue": link.queue, "name": link.name},
-            )
+            raise taken
         worker = workers[link.name] = self._workers[link] = _Worker(link)
+        try:
+            leased = await self._lease(worker, time.time())
+        except Exception:
+            self._unregister(worker)
+            raise
+        if not leased:
+            self._unregister(worker)
+            raise taken
         self._ensure_sweeper()
         self.wake(worker.queue)
 
+    def _unregister(self, worker: _Worker) -> None:
+        self._workers.pop(worker.link, None)
+        workers = self._links.get(worker.queue, {})
+        if workers.get(worker.name) is worker:
+            del workers[worker.name]
+            if not workers:
+                self._links.pop(worker.queue, None)
+
+    async def _lease(self, worker: _Worker, now: float) -> bool:
+        """Take or renew the worker's name on its queue for this process, with what
+        ``/api/queues`` shows of it on every process."""
+        data = {
+            "queue": worker.queue,
+            "name": worker.name,
+            "transport": "websocket",
+            "since": worker.since,
+            "capacity": worker.capacity,
+            "executions": sorted(worker.held),
+            "process": self.core.process_id,
+        }
+        key = f"{WORKER_LEASE}{worker.queue}:{worker.name}"
+        return await guard(self.core.store.acquire_lease(key, self.core.process_id, data, now + LEASE_SECONDS, now))
+
     async def disconnect(self, link: WorkerLink) -> None:
-        """The worker's connection ended: give back everything it held."""
-        worker = self._workers.pop(link, None)
+        """The worker's connection ended: give back everything it held, and its name."""
+        worker = self._workers.get(link)
         if worker is None:
             return
-        workers = self._links.get(link.queue, {})
-        if workers.get(link.name) is worker:
-            del workers[link.name]
-            if not workers:
-                self._links.pop(link.queue, None)
+        self._unregister(worker)
+        try:
+            await self.core.store.release_lease(f"{WORKER_LEASE}{worker.queue}:{worker.name}", self.core.process_id)
+        except Exception as exc:  # noqa: BLE001 - the lease expires by itself
+            log.warning("releasing worker name %s failed: %s", worker.name, exc)
         for execution_id in sorted(worker.held):
             await self._give_back(worker, execution_id)
 
@@ -327,7 +372,11 @@ class Dispatcher:
                 log.warning("dispatch sweep failed: %s", exc)
 
     async def sweep(self, now: float) -> None:
-        """Fail silent executions with ``timeout``; look for work in every served queue."""
+        """Fail silent executions with ``timeout``; look for work in every served queue;
+        renew this process's leases."""
+        if now - self._renewed >= RENEW_SECONDS:
+            self._renewed = now
+            await self._renew(now)
         cutoff = now - self.settings.execution_timeout
         for stale in await self.core.store.stale_executions(cutoff):
             fresh = await self.core.store.get_execution(stale.id)
@@ -342,6 +391,25 @@ class Dispatcher:
         for queue in list(self._links) + list(self._waiters):
             self.wake(queue)
 
+    async def _renew(self, now: float) -> None:
+        """Keep this process's workers' names, and publish its HTTP claims per queue."""
+        for worker in list(self._workers.values()):
+            if not await self._lease(worker, now):
+                log.warning("worker %s on %s lost its name to another process", worker.name, worker.queue)
+        http: dict[str, dict[str, list[str]]] = {}
+        for execution_id, (queue, name) in self._claimed.items():
+            http.setdefault(queue, {}).setdefault(name, []).append(execution_id)
+        for queue in set(http) | set(self._waiters) | self._claim_queues:
+            key = f"{CLAIMS_LEASE}{queue}:{self.core.process_id}"
+            waiting = len(self._waiters.get(queue, []))
+            if not waiting and not http.get(queue):
+                await self.core.store.release_lease(key, self.core.process_id)
+                self._claim_queues.discard(queue)
+                continue
+            self._claim_queues.add(queue)
+            data = {"queue": queue, "waiting": waiting, "claimed": http.get(queue, {})}
+            await self.core.store.acquire_lease(key, self.core.process_id, data, now + LEASE_SECONDS, now)
+
     async def _fail(self, execution_id: str, error_type: str, message: str, details: dict[str, Any]) -> None:
         data = {"error_type": error_type, "message": message, "details": details}
         try:
@@ -352,34 +420,53 @@ class Dispatcher:
 
     # --- the dashboard's view -------------------------------------------------------------
     async def describe(self) -> list[dict[str, Any]]:
-        """Each queue: pending count, connected workers (this process) and HTTP claims."""
+        """Each queue: pending count, its workers on every process, waiting HTTP claims:
+        this process's as they are now, the others' from the leases they keep in the
+        store (renewed every few seconds)."""
+        now, me = time.time(), self.core.process_id
         counts = await self.core.store.pending_counts()
+        workers: dict[str, list[dict[str, Any]]] = {}
+        waiting: dict[str, int] = {}
         http: dict[str, dict[str, list[str]]] = {}
+        for lease in await self.core.store.leases(WORKER_LEASE, now):
+            if lease["holder"] != me:
+                workers.setdefault(lease["queue"], []).append(lease)
+        for lease in await self.core.store.leases(CLAIMS_LEASE, now):
+            if lease["holder"] != me:
+                queue = lease["queue"]
+                waiting[queue] = waiting.get(queue, 0) + lease["waiting"]
+                for name, held in lease["claimed"].items():
+                    http.setdefault(queue, {}).setdefault(name, []).extend(held)
+        for queue, local in self._links.items():
+            for worker in local.values():
+                entry = {"name": worker.name, "since": worker.since, "capacity": worker.capacity}
+                workers.setdefault(queue, []).append({**entry, "executions": sorted(worker.held)})
+        for queue, waiters in self._waiters.items():
+            waiting[queue] = waiting.get(queue, 0) + len(waiters)
         for execution_id, (queue, name) in self._claimed.items():
             http.setdefault(queue, {}).setdefault(name, []).append(execution_id)
-        names = sorted(set(counts) | set(self._links) | set(self._waiters) | set(http))
         out = []
-        for queue in names:
-            workers = [
+        for queue in sorted(set(counts) | set(workers) | set(waiting) | set(http)):
+            listed: list[dict[str, Any]] = [
                 {
-                    "name": worker.name,
+                    "name": w["name"],
                     "transport": "websocket",
-                    "since": rfc3339(worker.since),
-                    "capacity": worker.capacity,
-                    "executions": sorted(worker.held),
+                    "since": rfc3339(w["since"]),
+                    "capacity": w.get("capacity"),
+                    "executions": w.get("executions", []),
                 }
-                for worker in sorted(self._links.get(queue, {}).values(), key=lambda worker: worker.since)
+                for w in sorted(workers.get(queue, []), key=lambda w: w["since"])
             ]
             for name, held in sorted(http.get(queue, {}).items()):
-                workers.append(
+                listed.append(
                     {"name": name, "transport": "http", "since": None, "capacity": None, "executions": sorted(held)}
                 )
             out.append(
                 {
                     "name": queue,
                     "pending": counts.get(queue, 0),
-                    "workers": workers,
-                    "waiting_claims": len(self._waiters.get(queue, [])),
+                    "workers": listed,
+                    "waiting_claims": waiting.get(queue, 0),
                 }
             )
         return out

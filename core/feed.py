@@ -6,15 +6,21 @@ applied on its own and applying one twice is harmless). A change is a new execut
 a change of status, progress or stage; tokens and logs move no dashboard row, so they
 make no feed message. ``Feed.observe`` hangs on the change channel (``core.changes``).
 
-Long-poll clients need a position: every change gets a version ``<epoch>.<n>`` (epoch
-is this process's life), and the last ``HISTORY`` changes are kept so a poller can ask
-for what came after its version. An unknown epoch or a version older than the history
-answers a fresh snapshot instead: nothing is ever silently skipped.
+Long-poll clients need a position that any process of a deployment can answer from:
+a version is a time, the ``updated_at`` of the newest change the client has (seconds,
+as text). Every process hears every change through the change channel, so each keeps
+the last ``HISTORY`` row changes and answers a poll from them when they cover its
+version (``changes_since``); when they do not — the process started after that time,
+the history overflowed, or a broker outage left a hole — the store answers
+(executions whose ``updated_at`` is after it). A version that is not a time answers a
+fresh snapshot: nothing is ever silently skipped. Processes of one deployment need
+clocks in step (NTP), as the versions are their timestamps.
 """
 
 from __future__ import annotations
 
-import secrets
+import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -62,16 +68,27 @@ def sees(principal: Principal, owner: str) -> bool:
 class Feed:
     """Summaries that changed, fanned out to listening feed connections."""
 
-    def __init__(self, history: int = HISTORY) -> None:
-        self.epoch = secrets.token_hex(4)
-        self.count = 0
-        self._history: deque[tuple[int, str, dict[str, Any]]] = deque(maxlen=history)
+    def __init__(self, history: int = HISTORY, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        #: Every row change after this time is in the history (this process heard it).
+        self.complete_since = clock()
+        self._history: deque[tuple[float, str, dict[str, Any]]] = deque(maxlen=history)
         self._shown: dict[str, tuple[Any, ...]] = {}
         self._listeners: dict[Listener, Principal] = {}
+        #: Called when changes may have been missed (see ``lost_changes``).
+        self._gap_listeners: dict[Listener, Callable[[], None]] = {}
 
-    @property
-    def version(self) -> str:
-        return f"{self.epoch}.{self.count}"
+    def now_version(self) -> str:
+        """A version for "everything until now" (a snapshot taken next)."""
+        return version_of(self._clock())
+
+    def lost_changes(self) -> None:
+        """Changes may have been missed (the broker was down): the history no longer
+        answers for what came before now; the store does."""
+        self.complete_since = self._clock()
+        self._history.clear()
+        for on_gap in list(self._gap_listeners.values()):
+            on_gap()
 
     def observe(self, execution: Execution, events: list[Event]) -> None:
         """Change-channel observer: after every create and every move."""
@@ -81,32 +98,45 @@ class Feed:
         if len(self._shown) > 10 * HISTORY:
             self._shown.clear()
         self._shown[execution.id] = row
-        self.count += 1
         entry = summary(execution)
-        self._history.append((self.count, execution.owner, entry))
-        version = self.version
+        self._history.append((execution.updated_at, execution.owner, entry))
+        version = version_of(execution.updated_at)
         for listener, principal in list(self._listeners.items()):
             if sees(principal, execution.owner):
                 listener(version, entry)
 
-    def listen(self, principal: Principal, listener: Listener) -> None:
+    def listen(self, principal: Principal, listener: Listener, on_gap: Callable[[], None] | None = None) -> None:
         self._listeners[listener] = principal
+        if on_gap is not None:
+            self._gap_listeners[listener] = on_gap
 
     def forget(self, listener: Listener) -> None:
         self._listeners.pop(listener, None)
+        self._gap_listeners.pop(listener, None)
 
-    def changes_since(self, principal: Principal, version: str) -> list[dict[str, Any]] | None:
-        """The caller's changes after ``version``, oldest first; None when they cannot
-        be told (another process life, or older than the history): take a snapshot."""
-        epoch, _, raw = version.partition(".")
-        if epoch != self.epoch or not raw.isdigit():
+    def changes_since(self, principal: Principal, since: float) -> list[tuple[float, dict[str, Any]]] | None:
+        """The caller's row changes after ``since`` (each with its time), oldest first;
+        None when this process's history cannot tell (ask the store)."""
+        if since < self.complete_since:
             return None
-        since = int(raw)
-        if since > self.count:
+        history = self._history
+        if len(history) == history.maxlen and history[0][0] > since:
             return None
-        if since < self.count and (not self._history or self._history[0][0] > since + 1):
-            return None
-        return [entry for n, owner, entry in self._history if n > since and sees(principal, owner)]
+        return [(at, entry) for at, owner, entry in history if at > since and sees(principal, owner)]
+
+
+def version_of(at: float) -> str:
+    """A feed version: a time, as text (microseconds)."""
+    return f"{at:.6f}"
+
+
+def parse_version(version: str) -> float | None:
+    """The time a version names; None when it is not one (answer a snapshot)."""
+    try:
+        at = float(version)
+    except ValueError:
+        return None
+    return at if at == at and 0 <= at < 1e11 else None  # not NaN, not absurd
 
 
 def change(version: str, entry: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +146,7 @@ def change(version: str, entry: dict[str, Any]) -> dict[str, Any]:
 
 async def snapshot(core: Core, feed: Feed, principal: Principal) -> dict[str, Any]:
     """The caller's newest executions, newest first, with the feed version they reflect."""
-    version = feed.version
+    version = feed.now_version()
     found = await core.list_executions(owner=None if principal.admin else principal.sub, limit=SNAPSHOT_SIZE)
     return {"type": "snapshot", "version": version, "executions": [summary(e) for e in found]}
 
@@ -131,14 +161,26 @@ class FeedStream:
         self.feed = feed
         self._held: list[tuple[str, dict[str, Any]]] | None = []
         self._session: Session | None = None
+        self._gap_task: asyncio.Task[None] | None = None
 
     async def start(self, session: Session) -> None:
         self._session = session
-        self.feed.listen(session.principal, self._on_change)
+        self.feed.listen(session.principal, self._on_change, self._on_gap)
+        await self._send_snapshot()
+
+    async def _send_snapshot(self) -> None:
+        session = self._session
+        if session is None or session.closed:
+            return
+        self._held = []
         session.send_message("snapshot", await snapshot(self.core, self.feed, session.principal))
         held, self._held = self._held or [], None
         for version, entry in held:
             session.send_message("execution", change(version, entry))
+
+    def _on_gap(self) -> None:
+        """Changes from other processes may have been missed: a fresh snapshot."""
+        self._gap_task = asyncio.ensure_future(self._send_snapshot())
 
     def _on_change(self, version: str, entry: dict[str, Any]) -> None:
         if self._held is not None:
@@ -158,26 +200,32 @@ class FeedStream:
 
 class FeedPage:
     """The feed as one long-poll answer: the changes after ``since`` (held until there
-    is one, up to the session's deadline), or a snapshot when ``since`` is absent or
-    cannot be answered (another process's version, older than the history)."""
+    is one, up to the session's deadline), answered from this process's history or,
+    when it cannot tell, from the store; or a snapshot when ``since`` is absent or is
+    not a version."""
 
     def __init__(self, core: Core, feed: Feed, since: str) -> None:
         self.core = core
         self.feed = feed
-        self.since = since
+        self.since = parse_version(since) if since else None
         self._session: Session | None = None
 
     async def start(self, session: Session) -> None:
         self._session = session
-        changes = self.feed.changes_since(session.principal, self.since) if self.since else None
-        if changes == [] and session.deadline is not None:
-            self.feed.listen(session.principal, self._on_change)
-        else:
-            session.close(ANSWERED)
+        if self.since is not None and session.deadline is not None:
+            changes = self.feed.changes_since(session.principal, self.since)
+            if changes == []:
+                self.feed.listen(session.principal, self._on_change, self._on_gap)
+                return
+        session.close(ANSWERED)
 
     def _on_change(self, version: str, entry: dict[str, Any]) -> None:
         if self._session is not None:
             self._session.close(ANSWERED)
+
+    def _on_gap(self) -> None:
+        if self._session is not None:
+            self._session.close(ANSWERED)  # the store answers for what may have been missed
 
     def stop(self) -> None:
         self.feed.forget(self._on_change)
@@ -187,12 +235,21 @@ class FeedPage:
         if session is None or disconnect.error is not None or disconnect.outcome == "client":
             return
         principal = session.principal
-        changes = self.feed.changes_since(principal, self.since) if self.since else None
-        if changes is None:
+        since = self.since
+        if since is None:
             body = await snapshot(self.core, self.feed, principal)
         else:
-            body = {"type": "changes", "version": self.feed.version, "executions": changes}
+            body = await self._changes(principal, since)
         session.write(dumps(body).encode())  # the one answer
+
+    async def _changes(self, principal: Principal, since: float) -> dict[str, Any]:
+        changes = self.feed.changes_since(principal, since)
+        if changes is None:
+            owner = None if principal.admin else principal.sub
+            rows = await self.core.store.changed_since(owner=owner, since=since, limit=SNAPSHOT_SIZE)
+            changes = [(e.updated_at, summary(e)) for e in rows]
+        newest = max([since, *(at for at, _ in changes)])
+        return {"type": "changes", "version": version_of(newest), "executions": [entry for _, entry in changes]}
 
     def allows(self, principal: Principal) -> bool:
         return principal.has(Scope.EXECUTIONS_READ)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 import time
 from typing import Any
 
@@ -64,15 +67,23 @@ class Core:
         self._store_reader: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self.draining = False
+        #: This process, among the processes sharing the store (leases name it).
+        self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
     # --- life cycle -------------------------------------------------------------
     async def start(self) -> None:
         await self.store.start()
-        self.broker.on_resync = self.hubs.resync
+        self.broker.on_resync = self._resync
         await self.broker.start()
         self.changes.start()
         self._timer_task = asyncio.ensure_future(self._tick_forever())
         self._prune_task = asyncio.ensure_future(self._prune_forever())
+
+    def _resync(self) -> None:
+        """The broker is back after an outage in which messages were lost: every
+        subscription re-reads the store, change observers learn of the gap."""
+        self.hubs.resync()
+        self.changes.lost()
 
     async def drain(self, timeout: float = 5.0) -> None:
         """End every connection (clients resume elsewhere with their cursors) and wait

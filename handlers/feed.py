@@ -76,6 +76,7 @@ def routes(core: Core) -> list[Rule]:
     ``/api/executions/ID``, which ``feed`` would match."""
     feed = Feed()
     core.changes.observe(feed.observe)
+    core.changes.observe_gaps(feed.lost_changes)
     kwargs = {"core": core, "feed": feed}
     by_name = {
         "websocket": Rule(RequestMatches(FEED_PATH, wants_websocket), FeedSocket, kwargs),

@@ -70,7 +70,7 @@ class WorkerSocket(HeraldSocket):
     async def follow(self, principal: Principal, *args: str) -> Source | None:
         require(principal, Scope.WORKERS)
         self.queue, self.name = _queue_and_name(self)
-        self.dispatcher.connect(self)  # 409 (4409) when the name is taken, before ``ready``
+        await self.dispatcher.connect(self)  # 409 (4409) when the name is taken, before ``ready``
         return WorkerDuty(self)
 
     def ready(self) -> dict[str, Any]:
@@ -114,7 +114,8 @@ class WorkerSocket(HeraldSocket):
         self._report(exc, op.get("execution_id"))
 
     def _take_event(self, op: dict[str, Any]) -> None:
-        """Validate like ``POST .../events`` and queue it for this turn's publish."""
+        """Validate like ``POST .../events`` (strict JSON: ``Session.receive``; the
+        subject's publish rate) and queue it for this turn's publish."""
         execution_id = op.get("execution_id")
         if not isinstance(execution_id, str):
             raise bad_request("an event needs an 'execution_id'")
@@ -127,6 +128,8 @@ class WorkerSocket(HeraldSocket):
                 "this worker does not hold that execution",
                 {"execution_id": execution_id},
             )
+        if self.session is not None:  # the subject's --publish-rate, as for POST .../events
+            self.core.publish_limits.charge(self.session.principal.sub, 1)
         if item.event in TERMINAL_EVENTS:
             self.dispatcher.ending(self, execution_id)
         self._outbox.setdefault(execution_id, []).append(item)

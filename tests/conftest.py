@@ -6,4 +6,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures_mongo",
     "tests.fixtures_workers",
     "tests.fixtures_browser",
+    "tests.fixtures_cluster",
 ]
