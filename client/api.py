@@ -116,3 +116,14 @@ class HeraldClient:
         from client.follow import Follower
 
         return Follower(self, execution_id, transport=transport, after=after, **options).events()
+
+    def follow_many(
+        self, cursors: dict[str, int], *, transport: str = "websocket", **options: Any
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Several executions over one connection (``/api/streams``): ``(execution_id,
+        item)`` for every event after each one's cursor, in order per execution, across
+        reconnects; ends when every execution has ended. See
+        ``client.streams.StreamsFollower`` for options."""
+        from client.streams import StreamsFollower
+
+        return StreamsFollower(self, cursors, transport=transport, **options).items()
