@@ -15,11 +15,14 @@ from typing import Any
 from core.model import TERMINAL_EVENTS, Event
 from core.transport import Encoding
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# allow_nan=False: strict JSON out. ``core.jsonstrict`` refuses NaN and Infinity on the
+# way in; should one reach an answer anyway, a ValueError is better than serving a
+# bare ``NaN`` that breaks every client's ``JSON.parse`` of that stream.
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON, UTF-8 friendly: the one serialiser the server uses."""
+    """Compact JSON, UTF-8 friendly, never a non-JSON token: the one serialiser the server uses."""
     return _dumps(value)
 
 

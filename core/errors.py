@@ -28,8 +28,10 @@ class ErrorCode(StrEnum):
     STREAM_CLOSED = "stream_closed"
     CONFLICT = "conflict"
     EVENT_TOO_LARGE = "event_too_large"
+    BODY_TOO_LARGE = "body_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    RATE_LIMITED = "rate_limited"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL = "internal_error"
 

@@ -48,6 +48,10 @@ def redact(text: str) -> str:
     return _TICKET.sub("tk_***", text)
 
 
+#: Formats tracebacks for ``Redact`` (the text and JSON formats print them alike).
+_TRACEBACK = logging.Formatter()
+
+
 class Redact(logging.Filter):
     """Formats the message once, redacted, so neither format can print a secret."""
 
@@ -57,6 +61,15 @@ class Redact(logging.Filter):
         except (TypeError, ValueError):  # a bad format string: keep logging's own error path
             return True
         record.msg, record.args = redact(message), None
+        if record.exc_info and record.exc_info[0] is not None:
+            # A traceback quotes exception messages (a URL, a header value): formatted
+            # once here, redacted, and kept as exc_text, which both formats print.
+            record.exc_text = redact(_TRACEBACK.formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         for name in REQUEST_FIELDS:
             value = getattr(record, name, None)
             if isinstance(value, str):

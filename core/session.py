@@ -21,11 +21,11 @@ without limit.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from core import jsonstrict
 from core.auth import Principal, Scope
 from core.codec import WS_PING, Encoded, control, frame_control, frame_events, frame_message
 from core.errors import ErrorCode, HeraldError, bad_request, forbidden
@@ -263,9 +263,9 @@ class Session:
         if self._closed:
             return
         try:
-            op = json.loads(message)
-        except ValueError:
-            self.fail(bad_request("messages must be JSON", ErrorCode.BAD_JSON))
+            op = jsonstrict.loads(message)
+        except HeraldError as exc:
+            self.fail(exc)
             return
         if not isinstance(op, dict) or not isinstance(op.get("op"), str):
             self.fail(bad_request("messages must be objects with an 'op'"))

@@ -43,6 +43,15 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     #: Open connections one token subject may hold, every transport counted (0: none).
     max_connections_per_subject: int = 100
+    #: Events per second one token subject may publish (0: no limit), and the burst
+    #: it may publish at once (0: twice the rate). core/ratelimit.py.
+    publish_rate: float = 1000.0
+    publish_burst: int = 0
+    #: Largest request body; a larger Content-Length is refused 413 before it is read.
+    max_body_bytes: int = 1024 * 1024
+    #: Seconds a connection may take to send its request headers; also how long an
+    #: idle keep-alive connection is kept (Tornado's one ``idle_connection_timeout``).
+    header_timeout: float = 10.0
     #: Seconds a SIGTERM drain may take before the process exits.
     drain_timeout: float = 10.0
     #: Bytes a subscriber may have unsent before it is disconnected as too slow.
