@@ -1,6 +1,6 @@
 """Fan-out benchmark: Herald against a plain Tornado broadcast server, in one run.
 
-``python loadtests/bench.py [--tests ws:1000,sse:1000] [--servers herald,plain] [--reps 1]``
+``python loadtests/bench.py [--tests ws:1000,sse:1000,ws10:1000] [--servers herald,plain] [--reps 1]``
 
 Method (the one of the shared peer harness, so the figures compare): each server runs
 pinned to CPU 0 (``taskset -c 0``), the load workers (``fanout_client.py``, several
@@ -16,6 +16,11 @@ repetition a fixed-rate phase (20 events/s for 3 s: latency) and a flat-out phas
 (as fast as publishes are answered, 2 in flight, with at most 0.5 s of the server's
 own delivery rate published and not yet received; at most 400,000 deliveries and
 2.5 s of publishing). Everything is bounded in count and time and stays on 127.0.0.1.
+
+``ws10:N`` and ``sse10:N`` (Herald only): each subscriber follows 10 executions over one
+``/api/streams`` connection (``ex_bench``, which the publisher feeds, and nine quiet
+ones), so the server holds ten subscriptions per connection; the table's ratio puts its
+deliveries per server CPU-second beside the single-stream test of the same kind and N.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from herald_peer import BENCH_TOKEN, STREAM_PATH  # noqa: E402
+from herald_peer import BENCH_TOKEN, STREAM_PATH, STREAMS_PATH  # noqa: E402
 
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
@@ -51,11 +56,17 @@ DRAIN_MAX_S = 15.0
 DEFAULT_TESTS = "ws:1000,ws:2000,ws:5000,ws:10000,sse:1000,sse:5000,sse:10000,lp:1000,lp:5000"
 
 HERALD_PATH = f"{STREAM_PATH}?access_token={BENCH_TOKEN}"
+HERALD_STREAMS_PATH = f"{STREAMS_PATH}&access_token={BENCH_TOKEN}"
+#: Herald-only tests where each subscriber follows 10 executions over one /api/streams
+#: connection (``ex_bench``, published to, and nine quiet ones), on the wire of the kind
+#: named; compared with that kind's single-stream figure of the same run.
+MULTIPLEXED = {"ws10": "ws", "sse10": "sse"}
 SERVERS = {
     "herald": {
         "script": "herald_peer.py",
         "flavor": "herald",
-        "paths": {"ws": HERALD_PATH, "sse": HERALD_PATH, "lp": HERALD_PATH},
+        "paths": {"ws": HERALD_PATH, "sse": HERALD_PATH, "lp": HERALD_PATH}
+        | dict.fromkeys(MULTIPLEXED, HERALD_STREAMS_PATH),
     },
     "plain": {"script": "plain_tornado.py", "flavor": "plain", "paths": {"ws": "/ws", "sse": "/sse", "lp": "/lp"}},
 }
@@ -178,7 +189,8 @@ async def start_workers(args, server: Server, kind: str, n: int) -> tuple[list[W
     share = [n // w + (1 if i < n % w else 0) for i in range(w)]
     workers, first = [], 0
     for i in range(w):
-        argv = [PY, os.path.join(HERE, "fanout_client.py"), "--kind", kind, "--flavor", server.spec["flavor"]]
+        wire = MULTIPLEXED.get(kind, kind)
+        argv = [PY, os.path.join(HERE, "fanout_client.py"), "--kind", wire, "--flavor", server.spec["flavor"]]
         argv += ["--port", str(server.port), "--path", server.spec["paths"][kind], "--n", str(share[i])]
         argv += ["--first", str(first), "--stride", str(stride)]
         first += share[i]
@@ -452,14 +464,21 @@ def table(recs: list[dict]) -> str:
     ratios = []
     for (srv, kind, n), r in by.items():
         base = by.get(("plain", kind, n))
-        if srv == "plain" or base is None:
-            continue
-        a, b = per_cpu_s(r), per_cpu_s(base)
-        ka, kb = r.get("kb_per_conn"), base.get("kb_per_conn")
-        ratios.append(
-            f"| {srv} / plain | {kind}:{n} | {fmt(a / b if a and b else None)}× deliveries per CPU-s "
-            f"| {fmt(ka / kb if ka and kb else None)}× KB per idle connection |"
-        )
+        if srv != "plain" and base is not None:
+            a, b = per_cpu_s(r), per_cpu_s(base)
+            ka, kb = r.get("kb_per_conn"), base.get("kb_per_conn")
+            ratios.append(
+                f"| {srv} / plain | {kind}:{n} | {fmt(a / b if a and b else None)}× deliveries per CPU-s "
+                f"| {fmt(ka / kb if ka and kb else None)}× KB per idle connection |"
+            )
+        single = by.get((srv, MULTIPLEXED.get(kind, ""), n))
+        if single is not None:
+            a, b = per_cpu_s(r), per_cpu_s(single)
+            ka, kb = r.get("kb_per_conn"), single.get("kb_per_conn")
+            ratios.append(
+                f"| {srv} {kind} / {single['kind']} | {n} | {fmt(a / b if a and b else None)}× deliveries per CPU-s "
+                f"| {fmt(ka / kb if ka and kb else None)}× KB per idle connection |"
+            )
     if ratios:
         lines += ["", "| ratio | test | CPU | memory |", "|---|---|---|---|", *ratios]
     return "\n".join(lines)
@@ -473,6 +492,8 @@ async def main(args) -> None:
     for test in args.tests.split(","):
         kind, n = test.split(":")
         for name in args.servers.split(","):
+            if kind not in SERVERS[name]["paths"]:
+                continue  # the multiplexed tests are Herald's own
             print(f"== {name} {kind}:{n}", flush=True)
             rec = await run_test(args, name, kind, int(n))
             recs.append(rec)
@@ -489,7 +510,11 @@ async def main(args) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Herald fan-out benchmark against a plain Tornado baseline")
-    p.add_argument("--tests", default=DEFAULT_TESTS, help="KIND:N list, KIND ws, sse or lp")
+    p.add_argument(
+        "--tests",
+        default=DEFAULT_TESTS,
+        help="KIND:N list, KIND ws, sse or lp, or ws10 / sse10 (Herald: 10 executions per connection)",
+    )
     p.add_argument("--servers", default="herald,plain")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--workers", type=int, default=2, help="load-client processes")

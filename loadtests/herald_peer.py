@@ -41,6 +41,10 @@ BENCH_TOKEN = (
     "RLcMjlRQSOx2uKZ5LYhE_j27YCxsxsxSGFWfmno8G8I"
 )
 STREAM_PATH = f"/api/executions/{BENCH_EXECUTION}/events"
+#: Executions nothing publishes to, followed beside ``ex_bench`` by the multiplexed
+#: tests: each subscriber holds ten subscriptions over one ``/api/streams`` connection.
+QUIET_EXECUTIONS = tuple(f"ex_bench{i}" for i in range(1, 10))
+STREAMS_PATH = "/api/streams?" + "&".join(f"s={eid}:0" for eid in (BENCH_EXECUTION, *QUIET_EXECUTIONS))
 
 
 def bench_token() -> str:
@@ -72,11 +76,12 @@ async def run(port: int, options: list[str]) -> None:
         raise SystemExit("BENCH_TOKEN is stale: update it from --token")
     await core.start()
     now = time.time()
-    await core.store.create_execution(
-        Execution(
-            id=BENCH_EXECUTION, owner="bench", kind="bench", status=Status.RUNNING, created_at=now, updated_at=now
+    for execution_id in (BENCH_EXECUTION, *QUIET_EXECUTIONS):
+        await core.store.create_execution(
+            Execution(
+                id=execution_id, owner="bench", kind="bench", status=Status.RUNNING, created_at=now, updated_at=now
+            )
         )
-    )
     app = make_app(core, [(r"/pub", PublishBody, {"core": core})])
     server = HTTPServer(app, idle_connection_timeout=3600)
     server.listen(port, "127.0.0.1", backlog=4096)

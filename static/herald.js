@@ -24,14 +24,22 @@
 // on backoff runs at once. A stream not delivering for `lostAfter` ms reports `lost`.
 // Tokens never go into URLs: the JWT rides in the WebSocket subprotocol list, SSE and
 // long-poll use single-use tickets from POST /api/tickets.
+// From another origin (docs/browser.md): import it from Herald itself and it talks to
+// the Herald that served it; it never relies on cookies (fetch sends them to the page's
+// own origin only), so it works wherever --allowed-origins lists the page's origin.
 
 const TERMINAL_EVENTS = new Set(["complete", "error", "cancelled"]);
 const TERMINAL_STATUSES = new Set(["succeeded", "failed", "cancelled"]);
 const FATAL_CLOSE_CODES = new Set([4400, 4403, 4404]);
 const FATAL_ERROR_CODES = new Set(["forbidden", "not_found", "cursor_out_of_range", "bad_request", "bad_json"]);
 
+// The Herald that served this module: its URL before /static/herald.js, a proxy's path
+// prefix included. A copy served from elsewhere (a bundle) talks to the page's origin.
+const SERVED_BY = import.meta.url.match(/^(https?:\/\/.+?)\/static\/herald\.js(?:[?#].*)?$/);
+const SERVED_FROM = SERVED_BY ? SERVED_BY[1] : "";
+
 const DEFAULTS = {
-  baseUrl: "",
+  baseUrl: SERVED_FROM, // where Herald is: "https://herald.example" or "" for the page's origin
   transports: null, // force: ["sse"] or "sse"; default: the server's list
   after: 0,
   connectTimeout: 5000, // ms to get `ready` / a first response before falling back
@@ -195,6 +203,8 @@ function openSse(link) {
       signal: abort.signal,
     });
     if (!res.ok) throw problemFromHttp(res.status, await res.json().catch(() => null));
+    // 204: the execution had ended and the cursor was at its end; nothing will follow.
+    if (res.status === 204) return link.page({ events: [], done: true });
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -414,7 +424,8 @@ class Channel {
   url(transport, extra) {
     const params = new URLSearchParams();
     for (const [k, v] of Object.entries({ ...this.spec.query(transport), ...extra })) {
-      if (v !== null && v !== undefined && v !== "") params.set(k, v);
+      // An array is a repeated parameter (/api/streams: s=ID:AFTER for each execution).
+      for (const one of [].concat(v)) if (one !== null && one !== undefined && one !== "") params.append(k, one);
     }
     const q = params.toString();
     return this.o.baseUrl + this.spec.path + (q ? "?" + q : "");
@@ -452,7 +463,14 @@ class Channel {
     this.heard();
     if (message.control) {
       const c = message.control;
-      if (c === "ready") return this.opened();
+      if (c === "ready") {
+        this.opened();
+        // Over /api/streams a WebSocket subscribes after every (re)connect.
+        if (this.spec.opened) this.spec.opened(this.transport, (op) => this.conn && this.conn.send(op));
+        return;
+      }
+      // A control naming an execution (/api/streams) concerns that execution only.
+      if (message.execution_id !== undefined && this.spec.control) return this.spec.control(message);
       if (c === "auth_ok") return this.scheduleRefresh();
       if (c === "reset") {
         this.spec.reset(message.execution);
@@ -534,6 +552,15 @@ class Channel {
     }, Math.max(0, left - margin));
   }
 
+  /** The resource's query changed (the set of executions over /api/streams): an SSE
+   *  stream is reopened with it at once, a held long-poll polls again at once (the
+   *  WebSocket sends ops instead). Not while no connection is up: the next uses it. */
+  requery() {
+    if (!this.conn || ENDED.has(this.state)) return;
+    if (this.transport === "longpoll") this.conn.check();
+    else if (this.transport === "sse") this.connect();
+  }
+
   /** Drops the current connection and its timers (not the `lost` clock). */
   stopConnection() {
     this.generation++;
@@ -611,8 +638,365 @@ class Channel {
   }
 }
 
-/** Follow one execution's events from `after`, exactly once and in order. */
+// --- one connection per browser: /api/streams, shared by every tab of an origin --------
+//
+// A browser opens at most 6 HTTP/1.1 connections per host: with SSE or long-poll the
+// seventh tab that follows an execution would starve. So by default every `follow` of
+// every tab of an origin shares one connection to /api/streams: one tab holds it (the
+// holder of a Web Lock), the others send it their subscriptions and receive their events
+// over a BroadcastChannel. Each follow keeps its own cursor and drops any seq at or below
+// it, so a takeover (the holding tab closed or froze: the next tab waiting on the lock
+// gets it at once, asks every follow for its cursor and subscribes from there) loses and
+// repeats nothing. Without Web Locks or BroadcastChannel each tab multiplexes its own
+// follows over one connection of its own; `share: false` gives a follow a connection to
+// its execution's own stream URL, as before sharing.
+
+const SHARE_LOCK = "herald-connection";
+const SHARE_DEBOUNCE_MS = 30; // subscriptions arriving together reopen an SSE stream once
+const RETRY_SUBSCRIBE_MS = 1000; // after a refusal that may pass (store unavailable)
+// Options that shape the shared connection itself (the holding tab's first follow's).
+const PER_FOLLOW = new Set(["after", "share", "onEvent", "onState", "onReset"]);
+
+/** Whether this browser can share one connection between tabs. */
+export function canShare() {
+  return typeof navigator !== "undefined" && !!navigator.locks && typeof BroadcastChannel === "function";
+}
+
+/** The token's `sub`: tabs share a connection only when it is the same caller's. */
+function tokenSub(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4))).sub || "";
+  } catch {
+    return "";
+  }
+}
+
+/** The holding tab's side: the one Channel over /api/streams and who wants what on it.
+ *  `wanted` maps an execution to its subscribers (one per follow, in any tab) and the
+ *  cursor each asked from; `at` is where the connection stands per execution. */
+class StreamsConnection {
+  constructor(options, publish) {
+    this.options = { ...options, onState: (s) => this.state(s) };
+    this.publish = publish; // to every tab, this one included
+    this.wanted = new Map(); // execution id -> Map(subscriber -> after)
+    this.at = new Map(); // execution id -> last seq the connection delivered (or its start)
+    this.channel = null;
+    this.lastState = null;
+    this.timer = null;
+  }
+
+  subscribe(subscriber, id, after) {
+    if (!this.wanted.has(id)) this.wanted.set(id, new Map());
+    const subscribers = this.wanted.get(id);
+    const known = subscribers.has(subscriber); // says where it is again (a roll-call, a rejoin)
+    subscribers.set(subscriber, after);
+    const at = this.at.get(id);
+    if (at === undefined || after < at) {
+      // New, or someone needs older events: (re)subscribe from the lower cursor; the
+      // others drop what they have seen.
+      this.at.set(id, after);
+      this.sendOp({ op: "subscribe", execution_id: id, after });
+    }
+    // A new follow learns how the connection is doing (the others skip a report they had).
+    if (this.lastState && !known) this.publish({ type: "state", state: this.lastState });
+  }
+
+  unsubscribe(subscriber, id) {
+    const subscribers = this.wanted.get(id);
+    if (!subscribers || !subscribers.delete(subscriber) || subscribers.size) return;
+    this.forget(id);
+    this.sendOp({ op: "unsubscribe", execution_id: id });
+  }
+
+  /** A tab went away: its subscriptions go with it. */
+  leave(tab) {
+    for (const [id, subscribers] of [...this.wanted]) {
+      for (const subscriber of [...subscribers.keys()]) if (subscriber.startsWith(tab + ":")) this.unsubscribe(subscriber, id);
+    }
+  }
+
+  forget(id) {
+    this.wanted.delete(id);
+    this.at.delete(id);
+  }
+
+  /** Tells the server: an op on an open WebSocket, else the set in the next request.
+   *  With nothing wanted any more the connection closes (a moment later: another tab's
+   *  follow may be on its way). */
+  sendOp(op) {
+    const channel = this.channel;
+    if (this.wanted.size && channel && channel.transport === "websocket" && channel.state === S.OPEN) {
+      channel.conn.send(op);
+      return;
+    }
+    this.settleSoon();
+  }
+
+  settleSoon() {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.settle(), SHARE_DEBOUNCE_MS);
+  }
+
+  /** Opens the connection when something is wanted, closes it when nothing is, and
+   *  otherwise sends the set again (SSE reopens, a held long-poll polls again). */
+  settle() {
+    if (!this.wanted.size) return this.stop();
+    if (!this.channel || ENDED.has(this.channel.state)) this.channel = new Channel(this.spec(), this.options);
+    else this.channel.requery();
+  }
+
+  stop() {
+    clearTimeout(this.timer);
+    const channel = this.channel;
+    this.channel = null;
+    if (channel) channel.close(); // its `closed` report is not the follows' business
+  }
+
+  state(report) {
+    if (report.state === S.CLOSED) return; // closed by `stop`: nothing is followed
+    this.lastState = report;
+    this.publish({ type: "state", state: report });
+  }
+
+  spec() {
+    const cursors = () => [...this.at].map(([id, after]) => `${id}:${after}`);
+    const advance = (id, seq) => this.at.has(id) && this.at.set(id, Math.max(this.at.get(id), seq));
+    const spec = {
+      path: "/api/streams",
+      query: (transport) => (transport === "websocket" ? {} : { s: cursors() }),
+      position: () => ({}),
+      finished: () => false,
+      opened: (transport, send) => {
+        if (transport !== "websocket") return;
+        for (const [id, after] of this.at) send({ op: "subscribe", execution_id: id, after });
+      },
+      message: (event) => {
+        if (typeof event.seq !== "number") return;
+        advance(event.execution_id, event.seq);
+        this.publish({ type: "event", event });
+      },
+      reset: () => {}, // over /api/streams a reset always names its execution (control)
+      control: (m) => {
+        const id = m.execution_id;
+        if (m.control === "reset") {
+          advance(id, m.execution.last_seq);
+          this.publish({ type: "reset", id, execution: m.execution });
+        } else if (m.control === "ended") {
+          this.forget(id);
+          this.publish({ type: "ended", id });
+          if (!this.wanted.size) this.settleSoon();
+        } else if (m.control === "error") {
+          if (FATAL_ERROR_CODES.has(m.code)) {
+            this.forget(id);
+            this.publish({ type: "error", id, code: m.code, message: m.message });
+            if (!this.wanted.size) this.settleSoon();
+          } else {
+            setTimeout(() => this.wanted.has(id) && this.sendOp({ op: "subscribe", execution_id: id, after: this.at.get(id) }), RETRY_SUBSCRIBE_MS);
+          }
+        }
+      },
+      page: (body) => {
+        for (const [id, execution] of Object.entries(body.resets || {})) spec.control({ control: "reset", execution_id: id, execution });
+        for (const event of body.events || []) spec.message(event);
+        for (const [id, cursor] of Object.entries(body.cursors || {})) advance(id, cursor);
+        for (const id of body.ended || []) spec.control({ control: "ended", execution_id: id });
+        for (const [id, error] of Object.entries(body.errors || {})) spec.control({ control: "error", execution_id: id, ...error });
+        if (!this.wanted.size) this.stop();
+      },
+    };
+    return spec;
+  }
+}
+
+/** This tab's follows over the shared connection: it sends their subscriptions to the
+ *  holding tab (itself, when it holds the lock) and hands each follow its events. */
+class TabShare {
+  constructor(key, options, shared) {
+    this.tab = Math.random().toString(36).slice(2);
+    this.options = Object.fromEntries(Object.entries(options).filter(([k]) => !PER_FOLLOW.has(k)));
+    this.follows = new Map(); // subscriber -> follow record
+    this.count = 0;
+    this.connection = null; // a StreamsConnection while this tab holds the lock
+    this.bus = shared ? new BroadcastChannel("herald:" + key) : null;
+    if (!this.bus) {
+      this.lead(); // no sharing between tabs: this tab's own connection
+      return;
+    }
+    this.lock = `${SHARE_LOCK} ${key}`;
+    this.bus.onmessage = (e) => this.receive(e.data);
+    this.queue();
+    window.addEventListener("pagehide", () => this.leave());
+    document.addEventListener("freeze", () => this.leave());
+    // Back from the back/forward cache or a freeze: the holder may have changed meanwhile.
+    window.addEventListener("pageshow", (e) => e.persisted && this.rejoin());
+    document.addEventListener("resume", () => this.rejoin());
+  }
+
+  /** Waits for the lock; holds it (and the connection) until the tab leaves. */
+  queue() {
+    if (this.queued) return;
+    this.queued = navigator.locks.request(this.lock, () => new Promise((release) => {
+      this.release = release;
+      this.lead();
+    }));
+  }
+
+  lead() {
+    this.connection = new StreamsConnection(this.options, (m) => this.publish(m));
+    this.publish({ type: "roll-call" }); // every follow of every tab says where it is
+  }
+
+  /** Goes away (closed, hidden into the back/forward cache, frozen): the next tab
+   *  waiting on the lock takes the connection over within moments. */
+  leave() {
+    if (this.connection) {
+      this.connection.stop();
+      this.connection = null;
+    }
+    if (this.release) this.release();
+    this.release = null;
+    this.queued = null;
+    this.bus.postMessage({ type: "leave", tab: this.tab });
+  }
+
+  rejoin() {
+    this.queue();
+    for (const follow of this.follows.values()) this.send({ type: "subscribe", subscriber: follow.subscriber, id: follow.id, after: follow.cursor });
+  }
+
+  /** A message for the holding tab (which may be this one). */
+  send(message) {
+    if (this.bus) this.bus.postMessage(message);
+    this.receive(message);
+  }
+
+  /** A message for every tab (this one included). */
+  publish(message) {
+    if (this.bus) this.bus.postMessage(message);
+    this.receive(message);
+  }
+
+  receive(m) {
+    const connection = this.connection;
+    if (connection) {
+      if (m.type === "subscribe") return connection.subscribe(m.subscriber, m.id, m.after);
+      if (m.type === "unsubscribe") return connection.unsubscribe(m.subscriber, m.id);
+      if (m.type === "leave") return connection.leave(m.tab);
+    }
+    if (m.type === "roll-call") {
+      for (const follow of this.follows.values()) this.send({ type: "subscribe", subscriber: follow.subscriber, id: follow.id, after: follow.cursor });
+    } else if (m.type === "state") {
+      for (const follow of this.follows.values()) follow.connectionState(m.state);
+    } else if (m.type === "event" || m.type === "reset" || m.type === "ended" || m.type === "error") {
+      const id = m.type === "event" ? m.event.execution_id : m.id;
+      for (const follow of [...this.follows.values()]) if (follow.id === id) follow.take(m);
+    }
+  }
+
+  add(follow) {
+    follow.subscriber = `${this.tab}:${++this.count}`;
+    this.follows.set(follow.subscriber, follow);
+    this.send({ type: "subscribe", subscriber: follow.subscriber, id: follow.id, after: follow.cursor });
+  }
+
+  remove(follow, tellHolder) {
+    if (!this.follows.delete(follow.subscriber)) return;
+    if (tellHolder) this.send({ type: "unsubscribe", subscriber: follow.subscriber, id: follow.id });
+  }
+}
+
+const tabShares = new Map(); // key -> TabShare, one per caller and server in this tab
+
+/** One execution followed over the shared connection: its cursor, its callbacks, and
+ *  its own end (done, failed or closed) while the connection goes on for the others. */
+class SharedFollow {
+  constructor(share, executionId, options) {
+    this.share = share;
+    this.id = executionId;
+    this.o = options;
+    this.cursor = options.after || 0;
+    this.state = S.NEGOTIATING;
+    this.connection = { transport: null, reason: "", reconnects: 0, attempt: 0 };
+    this.report();
+    share.add(this);
+  }
+
+  report(extra = {}) {
+    if (this.o.onState) this.o.onState({ ...this.connection, state: this.state, cursor: this.cursor, ...extra });
+  }
+
+  /** The shared connection's state, reported as this follow's while it goes on. */
+  connectionState(report) {
+    if (ENDED.has(this.state)) return;
+    const { state, cursor, ...connection } = report;
+    const same = state === this.state && connection.reason === this.connection.reason;
+    if (same && connection.reconnects === this.connection.reconnects) return; // had it
+    this.connection = connection;
+    if (state === S.FAILED) return this.end(S.FAILED, { error: report.error || report.reason });
+    this.state = state;
+    this.report();
+  }
+
+  take(m) {
+    if (ENDED.has(this.state)) return;
+    if (m.type === "event") {
+      const event = m.event;
+      if (event.seq <= this.cursor) return; // seen already (a replay, a takeover)
+      this.cursor = event.seq;
+      if (this.o.onEvent) this.o.onEvent(event);
+      if (TERMINAL_EVENTS.has(event.event)) this.end(S.DONE);
+    } else if (m.type === "reset") {
+      this.cursor = Math.max(this.cursor, m.execution.last_seq);
+      if (this.o.onReset) this.o.onReset(m.execution);
+      if (TERMINAL_STATUSES.has(m.execution.status)) this.end(S.DONE);
+    } else if (m.type === "ended") {
+      this.end(S.DONE);
+    } else if (m.type === "error") {
+      this.connection.reason = `${m.code}: ${m.message}`;
+      this.end(S.FAILED, { error: m.code });
+    }
+  }
+
+  end(state, extra = {}) {
+    if (ENDED.has(this.state)) return;
+    this.state = state;
+    // Done and failed executions are already off the connection; a closed one is not.
+    this.share.remove(this, state === S.CLOSED);
+    this.report(extra);
+  }
+}
+
+function followShared(executionId, options) {
+  const shared = canShare();
+  const key = `${options.baseUrl || ""}|${tokenSub(options.token || "")}|${shared ? "browser" : "tab"}`;
+  let share = tabShares.get(key);
+  if (!share) tabShares.set(key, (share = new TabShare(key, { ...DEFAULTS, ...options }, shared)));
+  const follow = new SharedFollow(share, executionId, options);
+  return {
+    close: () => follow.end(S.CLOSED),
+    get transport() {
+      return follow.connection.transport;
+    },
+    get cursor() {
+      return follow.cursor;
+    },
+    get reconnects() {
+      return follow.connection.reconnects;
+    },
+  };
+}
+
+/** Follow one execution's events from `after`, exactly once and in order. By default
+ *  over the connection every tab of the origin shares (above); `share: false` opens a
+ *  connection of its own to the execution's stream URL. */
 export function follow(executionId, options = {}) {
+  if (options.share === false) return followAlone(executionId, options);
+  return followShared(executionId, options);
+}
+
+/** One execution over a connection of its own (`share: false`). */
+function followAlone(executionId, options) {
   let cursor = options.after || 0;
   let done = false;
   const deliver = (event) => {
@@ -687,7 +1071,7 @@ export function feed(options = {}) {
 }
 
 /** Small authenticated JSON calls for the pages. */
-export async function api(token, method, path, body, baseUrl = "") {
+export async function api(token, method, path, body, baseUrl = SERVED_FROM) {
   const headers = { Authorization: "Bearer " + token };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const res = await fetch(baseUrl + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
@@ -701,5 +1085,5 @@ export async function api(token, method, path, body, baseUrl = "") {
   return answer;
 }
 
-export const Herald = { follow, feed, api, tokenExp, backoffDelay, browserSupports, ChannelState };
+export const Herald = { follow, feed, api, tokenExp, backoffDelay, browserSupports, canShare, ChannelState };
 export default Herald;

@@ -158,7 +158,7 @@ def test_websocket_that_connects_but_never_delivers_falls_back(page, browser_her
     never comes, and the client moves on to SSE within the connect timeout."""
     h = browser_herald
     opened: list[str] = []
-    page.route_web_socket("**/events*", lambda ws: opened.append(ws.url))
+    page.route_web_socket("**/api/**", lambda ws: opened.append(ws.url))  # a stream, shared or not
     ex = h.create()
     h.publish(ex, tokens(2))
     follow(page, h.url, ex, h.mint(), connectTimeout=1000)
