@@ -32,6 +32,7 @@ from core.service import Core
 from core.settings import Secret, Settings
 from core.store.base import Store
 from handlers import demo, feed, stats, workers
+from handlers.base import UnknownEndpoint
 from handlers.executions import CancelHandler, EventsHandler, ExecutionHandler, ExecutionsHandler, TicketsHandler
 from handlers.ops import HealthHandler, MetricsHandler, NegotiateHandler, ReadyHandler
 from handlers.pages import PageHandler
@@ -42,6 +43,8 @@ from transports.handler import StaticFiles, preflight_rule
 from transports.request import STREAM_PATH, STREAMS_PATH
 
 log = logging.getLogger("herald")
+#: Seconds a request's body may take to arrive (1 MiB at 16 KiB/s), then the connection closes.
+BODY_TIMEOUT = 60.0
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -89,6 +92,10 @@ OPTIONS: list[tuple[str, Any, Any, str]] = [
     ("execution-timeout", float, 120.0, "seconds without an event before a running execution fails"),
     ("allowed-origins", str, "", "comma-separated origins whose pages may call the API (CORS); default none"),
     ("max-connections-per-subject", int, 100, "open connections one token subject may hold (0: no limit)"),
+    ("publish-rate", float, 1000.0, "events per second one token subject may publish (0: no limit)"),
+    ("publish-burst", int, 0, "events one token subject may publish at once (default: twice --publish-rate)"),
+    ("max-body-bytes", int, 1024 * 1024, "largest request body; larger is refused 413 before it is read"),
+    ("header-timeout", float, 10.0, "seconds to send request headers; also the idle keep-alive timeout"),
     ("drain-timeout", float, 10.0, "seconds a SIGTERM drain may take before the process exits"),
     ("log-level", str, "info", "debug, info, warning, error"),
     ("log-format", str, "text", "text (for a terminal) or json (one object per line, for a log shipper)"),
@@ -133,6 +140,10 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str], prog: str = 
         coalesce_ms=args.coalesce_ms,
         max_connections=args.max_connections,
         max_connections_per_subject=args.max_connections_per_subject,
+        publish_rate=args.publish_rate,
+        publish_burst=args.publish_burst,
+        max_body_bytes=args.max_body_bytes,
+        header_timeout=args.header_timeout,
         allowed_origins=tuple(o.strip().rstrip("/") for o in args.allowed_origins.split(",") if o.strip()),
         drain_timeout=args.drain_timeout,
         max_buffer_bytes=args.max_buffer_bytes,
@@ -233,7 +244,23 @@ def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web
         static_handler_args={"settings": core.settings},
         log_function=log_request,
         websocket_max_message_size=max(65536, core.settings.max_event_bytes * 2),
-        max_body_size=max(core.settings.max_event_bytes * 1000, 1 << 20),
+        # Unknown paths, ids that miss a route (too long, %2F, %00) included: the error shape.
+        default_handler_class=UnknownEndpoint,
+        default_handler_args=c,
+    )
+
+
+def make_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
+    """The HTTP server and its connection limits (docs/security.md): request headers
+    within ``--header-timeout`` (slowloris; also how long an idle keep-alive connection
+    is kept: Tornado has one timeout for both), a body within ``BODY_TIMEOUT``, and no
+    body over ``--max-body-bytes`` (API handlers answer that ``413`` themselves)."""
+    return HTTPServer(
+        app,
+        xheaders=False,
+        idle_connection_timeout=settings.header_timeout,
+        body_timeout=BODY_TIMEOUT,
+        max_body_size=settings.max_body_bytes,
     )
 
 
@@ -251,7 +278,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     core = build_core(settings)
     await core.start()
     app = make_app(core)
-    server = HTTPServer(app, xheaders=False, idle_connection_timeout=3600)
+    server = make_server(app, settings)
     server.listen(settings.port, settings.host, backlog=4096)
     tune_gc()
     log.info(

@@ -8,6 +8,7 @@ from enum import IntEnum
 class CloseCode(IntEnum):
     NORMAL = 1000  # after the terminal event
     GOING_AWAY = 1001  # server shutting down: reconnect elsewhere with the cursor
+    PROTOCOL_ERROR = 1002  # a client frame broke RFC 6455 (unmasked)
     TRY_AGAIN_LATER = 1013  # store unavailable, or the subscriber was too slow
     BAD_REQUEST = 4400
     UNAUTHORIZED = 4401  # also reason "token_expired"

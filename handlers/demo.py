@@ -34,7 +34,7 @@ class DemoHandler(ApiHandler):
 
     async def post(self) -> None:
         require(self.principal, Scope.EXECUTIONS_WRITE)
-        body = self.json_body(optional=True)
+        body = self.json_body()
         if not isinstance(body, dict):
             raise bad_request("the body must be an object {speed?, demo?, prompt?}")
         speed = body.get("speed", 1)

@@ -67,6 +67,7 @@ class EventsHandler(ApiHandler):
         execution = await self.core.execution_for_auth(execution_id)
         if not may_publish(self.principal, execution):
             raise forbidden("this token may not publish to that execution")
+        self.core.publish_limits.charge(self.principal.sub, len(items))
         seqs = await self.core.publish(execution_id, items)
         self.answer(202, {"seq": seqs})
 
@@ -90,7 +91,7 @@ class CancelHandler(ApiHandler):
 
     async def post(self, execution_id: str) -> None:
         require(self.principal, Scope.EXECUTIONS_WRITE)
-        body = self.json_body(optional=True)
+        body = self.json_body()
         if not isinstance(body, dict) or set(body) - {"reason"}:
             raise bad_request("the body must be {reason?}")
         reason = body.get("reason")

@@ -21,16 +21,15 @@ from urllib.parse import urlencode
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from client.api import HeraldClient
 from client.sse import SseMessage, SseParser
 from core.auth import ALL_SCOPES
-from core.settings import Secret, Settings
 from core.service import Core
-from server import build_core, make_app
+from core.settings import Secret, Settings
+from server import build_core, make_app, make_server
 
 SECRET = "test-secret-" + "0123456789abcdef" * 4
 #: A scenario must finish within this many seconds, or the test fails (not hangs).
@@ -299,7 +298,7 @@ async def running_herald(**overrides: Any):
     settings = herald_settings(port=port, **overrides)
     core = build_core(settings)
     await core.start()
-    server = HTTPServer(make_app(core))
+    server = make_server(make_app(core), settings)
     server.add_sockets([sock])
     try:
         yield Herald(core, port, settings)

@@ -206,15 +206,15 @@ def test_cancel(herald_run):
         assert await read_ws(conn) is None and conn.close_code == 1000
         doc = json.loads((await h.fetch(f"/api/executions/{ex}", token=h.mint())).body)
         assert doc["status"] == "cancelled"
-        response = await h.fetch(f"/api/executions/{ex}/cancel", method="POST", token=h.mint())
+        response = await h.fetch(f"/api/executions/{ex}/cancel", method="POST", token=h.mint(), body={})
         assert response.code == 409 and error_of(response)["code"] == "stream_closed"
         # Cancel needs executions:write on the caller's own execution.
         other = (await h.create())["id"]
         response = await h.fetch(
-            f"/api/executions/{other}/cancel", method="POST", token=h.mint(scopes=["executions:read"])
+            f"/api/executions/{other}/cancel", method="POST", token=h.mint(scopes=["executions:read"]), body={}
         )
         assert response.code == 403
-        response = await h.fetch(f"/api/executions/{other}/cancel", method="POST", token=h.mint("bob"))
+        response = await h.fetch(f"/api/executions/{other}/cancel", method="POST", token=h.mint("bob"), body={})
         assert response.code == 403
         response = await h.fetch(f"/api/executions/{other}/cancel", method="POST", token=h.mint(), body={"why": 1})
         assert response.code == 400

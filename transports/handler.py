@@ -17,6 +17,7 @@ from core.errors import HeraldError
 from core.service import Core
 from core.settings import Settings
 from transports.cors import ALLOWED_METHODS, Header, answer_headers, preflight_headers
+from transports.access_log import log_failure
 from transports.errors import as_herald_error, retry_after
 from transports.request import RequestMatches, authenticate_request, cursor, int_argument
 
@@ -53,7 +54,7 @@ class HeraldRequestHandler(tornado.web.RequestHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, HeraldError):
             return  # an answer, not a fault
-        super().log_exception(typ, value, tb)
+        log_failure(self.request, typ, value, tb)  # Tornado's own would log the raw URI and headers
 
     async def authenticate(self, *, stream: bool = False) -> Principal:
         """The caller's Principal from header, ticket (``stream`` requests only),

@@ -1,12 +1,14 @@
 """Everything in Herald that touches Tornado's private internals, in one file.
 
-Two reasons, both measured (docs/performance.md): a fan-out writes the same bytes to
-thousands of sockets, and Tornado's public write path costs a Future, a buffer append
-and a callback per write (``FastWriter`` sends straight to the socket when nothing is
-queued); and a held connection keeps Tornado's request objects for hours, of which the
-header maps and parsed query (a token in it, too) can go once they were read
-(``shed_handshake``, ``shed_arguments``). If a Tornado upgrade moves any of these
-attributes, this is the file to read.
+Three reasons. Two are measured (docs/performance.md): a fan-out writes the same bytes
+to thousands of sockets, and Tornado's public write path costs a Future, a buffer
+append and a callback per write (``FastWriter`` sends straight to the socket when
+nothing is queued); and a held connection keeps Tornado's request objects for hours,
+of which the header maps and parsed query (a token in it, too) can go once they were
+read (``shed_handshake``, ``shed_arguments``). The third is RFC 6455: Tornado's server
+handles a client's unmasked frames, which the RFC says must close the connection
+(``ClientFramesMasked``). If a Tornado upgrade moves any of these attributes, this is
+the file to read.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from types import MappingProxyType
 from typing import Any
 
 import tornado.web
+import tornado.websocket
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
+
+from core.closecodes import CloseCode
 
 
 class FastWriter:
@@ -143,3 +148,40 @@ def connection_stream(request: HTTPServerRequest) -> IOStream:
     abstract ``HTTPConnection``, which has none)."""
     stream: IOStream = request.connection.stream  # type: ignore[union-attr]
     return stream
+
+
+class ClientFramesMasked(tornado.websocket.WebSocketProtocol13):
+    """Tornado's server side of RFC 6455, closing ``1002`` on an unmasked client frame
+    (section 5.1: "a server MUST close the connection upon receiving a frame that is
+    not masked"); Tornado reads the mask bit and handles the frame either way.
+
+    A frame starts with a two-byte read (``_receive_frame``); its second byte carries
+    the mask bit. An unmasked frame marks the client terminated, so Tornado hands
+    nothing of it, or of any later frame, to the handler; the close frame goes out
+    and the connection ends."""
+
+    _frame_begins = False
+
+    async def _receive_frame(self) -> None:
+        self._frame_begins = True
+        await super()._receive_frame()
+
+    async def _read_bytes(self, n: int) -> bytes:
+        data = await super()._read_bytes(n)
+        if self._frame_begins:
+            self._frame_begins = False
+            if not data[1] & 0x80:
+                self.client_terminated = True
+                self.close(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
+        return data
+
+
+def masked_frames_protocol(
+    handler: tornado.websocket.WebSocketHandler,
+) -> tornado.websocket.WebSocketProtocol | None:
+    """The protocol Tornado would choose for ``handler``'s upgrade, as
+    ``ClientFramesMasked`` (for ``WebSocketHandler.get_websocket_protocol``)."""
+    protocol = tornado.websocket.WebSocketHandler.get_websocket_protocol(handler)
+    if not isinstance(protocol, tornado.websocket.WebSocketProtocol13):
+        return protocol
+    return ClientFramesMasked(handler, False, protocol.params)

@@ -29,6 +29,7 @@ from core.service import Core
 from core.session import Ops, Session, Source
 from core.sources import ExecutionStream
 from core.transport import CLIENT_GONE, Disconnect, Encoding, Heartbeat, TransportName
+from transports.access_log import log_failure
 from transports.request import (
     STREAM_PATH,
     STREAMS_PATH,
@@ -39,7 +40,7 @@ from transports.request import (
     stream_cursors,
     wants_websocket,
 )
-from transports.tornado_internals import FastWriter, shed_handshake
+from transports.tornado_internals import FastWriter, masked_frames_protocol, shed_handshake
 
 NAME = TransportName.WEBSOCKET
 
@@ -106,6 +107,12 @@ class HeraldSocket(tornado.websocket.WebSocketHandler):
 
     def get_compression_options(self) -> dict[str, Any] | None:
         return None  # frames are small, or pre-encoded once for all subscribers
+
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        return masked_frames_protocol(self)  # an unmasked client frame closes 1002
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        log_failure(self.request, typ, value, tb)  # Tornado's own would log the raw URI and headers
 
     # --- opening ----------------------------------------------------------------------
     async def sign_in(self) -> Principal:
