@@ -613,3 +613,53 @@ def test_an_in_band_refresh_must_keep_the_scopes_the_stream_needs(server: Server
             assert ws.close_code == 4403
 
     asyncio.run(scenario())
+
+
+# --- 3. no token in any log line, a 500 included ------------------------------------------
+@pytest.mark.mongo
+def test_a_500_with_a_token_in_the_url_leaves_no_token_in_the_log(secantus: Any) -> None:
+    """A store failure on purpose: the execution's document is corrupted in MongoDB, so
+    reading it raises where nothing expects it. Every transport and the API answer 500
+    in the error shape, and the log has the traceback but no token, ticket or header."""
+    from pymongo import MongoClient
+
+    database = "herald_hostile_" + str(int(time.time() * 1000))
+    with herald_process("--mongo-uri", secantus.uri, "--mongo-database", database) as server:
+        token = server.mint("victim-of-a-500")
+        execution = server.create(token)["id"]
+        with server.client(token) as http:
+            ticket = http.post("/api/tickets").json()["ticket"]
+        client: MongoClient = MongoClient(secantus.uri, directConnection=True)
+        try:
+            client[database]["executions"].update_one({"_id": execution}, {"$set": {"input": "{not json"}})
+        finally:
+            client.close()
+        secret_query = {"access_token": token, "token": token}
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            for path, headers in (
+                (f"/api/executions/{execution}", {"Cookie": f"herald_token={token}"}),
+                (f"/api/executions/{execution}/events", {}),
+                (f"/api/executions/{execution}/events", {"Accept": "text/event-stream"}),
+            ):
+                answer = http.get(path, params=secret_query, headers=headers)
+                assert answer.status_code == 500 and error_of(answer)["code"] == "internal_error", answer.text
+            answer = http.get(f"/api/executions/{execution}/events", params={"ticket": ticket, "after": 0})
+            assert answer.status_code == 500
+
+        async def websocket() -> None:
+            async with connect(
+                f"{server.ws_url}/api/executions/{execution}/events?access_token={token}",
+                additional_headers={"Cookie": f"herald_token={token}"},
+            ) as ws:
+                with pytest.raises(websockets.ConnectionClosed):
+                    while True:
+                        await ws.recv()
+
+        asyncio.run(asyncio.wait_for(websocket(), 15))
+        time.sleep(0.5)
+        log = server.log()
+    assert log.count("Traceback") >= 4, log  # the failures are logged, with their tracebacks
+    signature = token.rsplit(".", 1)[1]
+    assert token not in log and signature not in log and ticket not in log
+    assert not JWT_PATTERN.search(log)
+    assert "HTTPServerRequest(" not in log and "herald_token" not in log
