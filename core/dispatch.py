@@ -333,6 +333,10 @@ class Dispatcher:
         taker.last_assigned = time.monotonic()
         self._holders[execution.id] = taker
         if not taker.link.execute(execution):
+            # Its connection is gone and its ``disconnect`` is on the way: hand it
+            # nothing more, or the pump would give it the same execution again at once
+            # until ``max_attempts`` fails it, then every other one waiting.
+            taker.capacity = 0
             await self._give_back(taker, execution.id)
 
     # --- what the core tells us -----------------------------------------------------------
