@@ -20,6 +20,7 @@ from core.errors import StoreUnavailable
 from core.metrics import Metrics
 from core.model import Event
 from core.store.base import Store
+from core.tail import Tails
 from core.timing import coalesce_window_end
 from core.transport import Encoding
 
@@ -32,6 +33,9 @@ MAX_HOLD = 0.025
 HUB_LINGER = 1.0
 #: Events read per execution and second while the broker is down.
 READ_STORE_PAGE = 1000
+#: Seconds a hub follows an execution before its tail is trusted for resumes (its broker
+#: subscription is in effect well within it).
+WARMUP = 1.0
 
 
 class Hub:
@@ -48,11 +52,23 @@ class Hub:
     fast path takes only a batch that is one contiguous run.
     """
 
-    __slots__ = ("hubs", "execution_id", "subs", "_pending", "_unsorted", "_timer", "_window_until", "_last_start")
+    __slots__ = (
+        "hubs",
+        "execution_id",
+        "subs",
+        "born",
+        "_pending",
+        "_unsorted",
+        "_timer",
+        "_window_until",
+        "_last_start",
+    )
 
     def __init__(self, hubs: Hubs, execution_id: str) -> None:
         self.hubs = hubs
         self.execution_id = execution_id
+        #: Since when (monotonic) everything published of it reaches this hub.
+        self.born = time.monotonic()
         self.subs: set[Subscription] = set()
         self._pending: list[Encoded] = []
         self._unsorted = False
@@ -63,6 +79,7 @@ class Hub:
     def on_events(self, events: list[Event]) -> None:
         """Broker listener: events just stored (one append's, in seq order)."""
         batch = self.hubs.encoded.encode(self.execution_id, events)
+        self.hubs.tails.add(self.execution_id, batch)
         window = self.hubs.coalesce_window
         if window <= 0:
             self._fan_out(batch)
@@ -144,6 +161,8 @@ class Hubs:
         self.metrics = metrics
         self.coalesce_window = coalesce_window
         self.linger = HUB_LINGER
+        #: The newest events of each execution heard here, for resumes without a store read.
+        self.tails = Tails()
         self._hubs: dict[str, Hub] = {}
         #: Hubs with no subscriber, and since when (monotonic); dropped after ``linger``.
         self._idle: dict[str, float] = {}
@@ -185,10 +204,23 @@ class Hubs:
                 self.broker.unsubscribe(execution_id)
 
     def deliver(self, execution_id: str, events: list[Event]) -> None:
-        """Events this process just stored: to its own subscribers, at once."""
+        """Events this process just stored: to its own subscribers, at once (and to the
+        execution's tail, followed or not)."""
         hub = self._hubs.get(execution_id)
         if hub is not None:
             hub.on_events(events)
+        else:
+            self.tails.add(execution_id, self.encoded.encode(execution_id, events))
+
+    def warm(self, execution_id: str) -> bool:
+        """Whether this process's tail of ``execution_id`` holds every event stored until
+        now that it holds the seq of: always with no other process publishing; with
+        several, only when a hub has followed it (subscribed at the broker) for
+        ``WARMUP`` seconds and the broker is healthy."""
+        if not self.broker.shared:
+            return True
+        hub = self._hubs.get(execution_id)
+        return hub is not None and self.broker.healthy and time.monotonic() - hub.born >= WARMUP
 
     async def read_store(self, store: Store) -> None:
         """While the broker is down: read what every followed execution has after its
@@ -206,8 +238,12 @@ class Hubs:
                 hub.on_events(events)
 
     def resync(self) -> None:
-        """Every subscription re-reads the store: called after a broker outage."""
+        """Every subscription re-reads the store: called after a broker outage (whose
+        messages are lost: no tail is known complete, every hub is cold again)."""
+        self.tails.forget()
+        now = time.monotonic()
         for hub in list(self._hubs.values()):
+            hub.born = now
             for sub in tuple(hub.subs):
                 sub.resync()
 

@@ -65,6 +65,8 @@ class Core:
         self._owners: dict[str, Execution] = {}
         self._timer_task: asyncio.Task[None] | None = None
         self._store_reader: asyncio.Task[None] | None = None
+        #: The newest retention horizon applied (``prune``).
+        self._pruned_before = 0.0
         self._prune_task: asyncio.Task[None] | None = None
         self.draining = False
         #: This process, among the processes sharing the store (leases name it).
@@ -188,12 +190,22 @@ class Core:
             except Exception:
                 log.exception("the shared timer's tick failed")
 
+    def retained_since(self) -> float:
+        """Events stored before this time are gone by retention (from memory too)."""
+        return max(time.time() - self.settings.retention, self._pruned_before)
+
+    async def prune(self, older_than: float) -> int:
+        """Drop events stored before ``older_than`` from the store, and stop serving
+        them from memory."""
+        self._pruned_before = max(self._pruned_before, older_than)
+        return await self.store.prune(older_than)
+
     async def _prune_forever(self) -> None:
         """Retention for stores that do not expire events by themselves."""
         interval = max(1.0, min(60.0, self.settings.retention / 10))
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.store.prune(time.time() - self.settings.retention)
+                await self.prune(time.time() - self.settings.retention)
             except Exception as exc:  # noqa: BLE001 - retried at the next interval
                 log.warning("pruning events failed: %s", exc)

@@ -131,22 +131,40 @@ class Subscription:
     async def start(self, execution: Execution) -> None:
         """Join the hub, replay from the store, then go live. ``execution`` is the
         document the caller authorised against (it tells a finished stream)."""
-        self._hub = self.core.hubs.join(self.execution_id, self)
+        hubs = self.core.hubs
+        warm = hubs.warm(self.execution_id)  # asked before joining: joining makes a hub
+        self._hub = hubs.join(self.execution_id, self)
         if execution.status.terminal and self.last >= execution.last_seq:
             self._finish()
             return
         self._known_last = execution.last_seq
         began, first = time.monotonic(), self.last
-        await self._catch_up()
+        outcome = await self._catch_up(from_memory=warm)
         metrics = self.core.metrics
-        metrics.resumes.labels("reset" if self.last < first else "from_store").inc()
+        metrics.resumes.labels("reset" if self.last < first else outcome).inc()
         metrics.replay_seconds.observe(time.monotonic() - began)
         metrics.replay_events.observe(max(0, self.last - first))
 
-    async def _catch_up(self) -> None:
-        """Read the store until caught up, then drain what arrived live meanwhile."""
+    async def _catch_up(self, from_memory: bool = False) -> str:
+        """Replay until caught up — from this process's tail when it holds everything
+        up to the document's ``last_seq`` (``from_memory``), else from the store — then
+        drain what arrived live meanwhile. Returns where the replay came from."""
         store = self.core.store
+        outcome = "from_memory"
         while not self._closed:
+            if from_memory:
+                held = self.core.hubs.tails.covering(
+                    self.execution_id, self.last, self._known_last, self.limit, self.core.retained_since()
+                )
+                if held is not None:
+                    if held:
+                        self._deliver(held)
+                        self.core.metrics.delivered[self.sink.transport_name] += len(held)
+                    if self.last >= self._known_last or self._closed:
+                        break
+                    continue
+                from_memory = False
+            outcome = "from_store"
             events = await store.events_after(self.execution_id, self.last, self.limit)
             if events and events[0].seq > self.last + 1:
                 await self._reset()
@@ -161,11 +179,12 @@ class Subscription:
             if len(events) < self.limit or self._closed:
                 break
         if self._closed:
-            return
+            return outcome
         pending, self._pending = self._pending, []
         self._catching = False
         if pending:
             self.on_live(pending)
+        return outcome
 
     async def _dropped_everything(self) -> bool:
         """No event after the cursor: retention dropped them, or there are none yet.

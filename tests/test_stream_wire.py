@@ -84,7 +84,7 @@ def test_retention_reset_carries_the_document_then_later_events(herald_run, tran
     async def scenario(h: Herald) -> None:
         ex = (await h.create())["id"]
         await h.tokens_batch(ex, 0, 4)  # 1..5
-        assert await h.core.store.prune(time.time() + 1) == 5
+        assert await h.core.prune(time.time() + 1) == 5
         later = {"event": "token", "data": {"text": "later"}}
         if transport == "websocket":
             conn = await h.websocket(ex, after=2)
@@ -123,7 +123,7 @@ def test_reset_on_a_finished_stream_ends_it(herald_run):
     async def scenario(h: Herald) -> None:
         ex = (await h.create())["id"]
         await h.publish(ex, [{"event": "token", "data": {"text": "x"}}, {"event": "complete", "data": {}}])
-        await h.core.store.prune(time.time() + 1)
+        await h.core.prune(time.time() + 1)
         conn = await h.websocket(ex)
         messages = await ws_until_closed(conn)
         assert [m["control"] for m in messages] == ["ready", "reset"]

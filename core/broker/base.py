@@ -27,6 +27,11 @@ class Broker(Protocol):
     on_resync: Callable[[], None] | None
 
     @property
+    def shared(self) -> bool:
+        """Whether other processes publish too (then what this process heard of an
+        execution is complete only while it was subscribed)."""
+
+    @property
     def healthy(self) -> bool:
         """Whether messages from other processes are arriving (subscribed and connected)."""
 

@@ -37,6 +37,10 @@ class LocalBroker:
         self._listeners.pop(channel, None)
 
     @property
+    def shared(self) -> bool:
+        return False  # no other process
+
+    @property
     def healthy(self) -> bool:
         return True
 

@@ -92,6 +92,10 @@ class RedisBroker:
             self._pending_ops.put_nowait(("unsubscribe", channel))
 
     @property
+    def shared(self) -> bool:
+        return True  # other processes publish too
+
+    @property
     def healthy(self) -> bool:
         return self._healthy
 
