@@ -184,3 +184,20 @@ def test_a_page_from_an_origin_not_allowed_reads_nothing(page, app_origin: PageS
             assert any("Access-Control-Allow-Origin" in e for e in errors), (name, errors)
     finally:
         herald.process.stop()
+
+
+def test_herald_js_behind_a_proxy_under_a_path(page, nginx_proxy):
+    """The app's page and Herald on one origin, Herald under ``/herald/``
+    (tests/nginx/path-prefix.conf): ``herald.js`` finds the prefix by itself."""
+    herald = start_herald()
+    try:
+        proxy = nginx_proxy("path-prefix.conf", herald.process.port)
+        ex = herald.create()
+        herald.publish(ex, tokens(2))
+        www = Path(proxy.prefix) / "www"
+        www.mkdir()
+        (www / "follow.html").write_text(snippet("follow.html", proxy.url + "/herald", ex, herald.mint()))
+        follow_to_the_end(page, herald, proxy.url + "/follow.html", ex, "done")
+        assert state(page) == "done websocket"
+    finally:
+        herald.process.stop()
