@@ -32,11 +32,11 @@ def test_sse_headers_retry_padding_and_ready_first(herald_run):
         assert stream.headers["content-type"].startswith("text/event-stream")
         assert stream.headers["cache-control"] == "no-cache"
         assert stream.headers["x-accel-buffering"] == "no"
-        assert first.event == "control" and first.id is None
+        assert first.event == "control" and first.id == "0"  # the cursor, from the first line
         assert json.loads(first.data) == {"control": "ready", "transport": "sse"}
         raw = bytes(stream.raw)
-        assert raw.startswith(b"retry: ") and stream.parser.retry_ms is not None
-        comment = raw.split(b"\n")[2]
+        assert raw.startswith(b"id: 0\nretry: ") and stream.parser.retry_ms is not None
+        comment = raw.split(b"\n")[3]
         assert comment.startswith(b":") and len(comment) >= 2048
         assert raw.index(comment) < raw.index(b"event: control")
         stream.close()
@@ -49,7 +49,7 @@ def test_websocket_ready_comes_first_then_replay(herald_run):
         ex = (await h.create())["id"]
         await h.publish(ex, {"event": "token", "data": {"text": "x"}})
         conn = await h.websocket(ex)
-        assert await read_ws(conn) == {"control": "ready", "transport": "websocket"}
+        assert await read_ws(conn) == {"control": "ready", "transport": "websocket", "after": 0}
         assert (await read_ws(conn))["seq"] == 1
         conn.close()
 
