@@ -114,15 +114,17 @@ def test_an_execution_goes_to_the_worker_with_fewest_in_hand_then_to_the_longest
             await handed_to(two, ex2)  # fewest in hand
             ex3 = await queued(core)
             await handed_to(one, ex3)  # one each: "one" has waited longer
+            await finish_by_worker(core, dispatcher, one, ex3)
             ex4 = await queued(core)
-            await handed_to(two, ex4)  # two each: "two" has waited longer
+            await handed_to(two, ex4)  # one each again: now "two" has waited longer
             await finish_by_worker(core, dispatcher, two, ex2)
-            # "one" holds two and has waited longer; "two" holds one: fewest in hand wins.
+            await finish_by_worker(core, dispatcher, two, ex4)
+            # "one" holds one and has waited longer; "two" holds none: fewest in hand wins.
             ex5 = await queued(core)
             await handed_to(two, ex5)
             assert one.executed == [ex1.id, ex3.id] and two.executed == [ex2.id, ex4.id, ex5.id]
             assert (await doc(core, ex5)).worker == "two"
-            assert one.cancels == [] and two.cancels == []  # "two" ended ex2 itself
+            assert one.cancels == [] and two.cancels == []  # each ended its own
 
     run(scenario)
 
