@@ -334,7 +334,7 @@ def test_longpoll_retention_reset_for_one_execution(herald_run):
     async def scenario(h: Herald) -> None:
         a, b = (await h.create())["id"], (await h.create())["id"]
         await h.tokens_batch(a, 0, 4)
-        await h.core.store.prune(float("inf"))  # retention dropped every event
+        await h.core.prune(float("inf"))  # retention dropped every event
         code, page = await poll(h, streams_query({a: 1, b: 0}, wait=5))
         assert code == 200 and page["events"] == []
         assert page["resets"][a]["last_seq"] == 5 and page["cursors"] == {a: 5, b: 0}
