@@ -39,8 +39,9 @@ from handlers.pages import PageHandler
 from handlers.streams import StreamsHandler
 from transports import TRANSPORTS
 from transports.access_log import log_access
-from transports.handler import StaticFiles, preflight_rule
+from transports.handler import HeraldRequestHandler, StaticFiles, preflight_rule
 from transports.request import STREAM_PATH, STREAMS_PATH
+from transports.websocket import HeraldSocket
 
 log = logging.getLogger("herald")
 #: Seconds a request's body may take to arrive (1 MiB at 16 KiB/s), then the connection closes.
@@ -203,8 +204,12 @@ def build_core(settings: Settings) -> Core:
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Access log without tokens or tickets (``transports.access_log.log_access``)."""
-    log_access(handler.get_status(), handler.request)
+    """Access log without tokens or tickets (``transports.access_log.log_access``),
+    naming the transport and the token subject where the handler knows them."""
+    if isinstance(handler, HeraldRequestHandler | HeraldSocket):
+        log_access(handler.get_status(), handler.request, handler.log_transport, handler.log_subject)
+    else:
+        log_access(handler.get_status(), handler.request)
 
 
 def make_app(core: Core, extra_handlers: list[Any] | None = None) -> tornado.web.Application:

@@ -41,6 +41,14 @@ def test_server_log_lines_carry_fields_and_no_secret(fmt: str) -> None:
         assert get(f"{url}/api/executions?access_token={token}") == 200
         assert get(f"{url}/api/executions/ex_nope/events?ticket=tk_abcdefghijklmnop", token) == 404
         assert get(f"{url}/api/executions", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.forged") == 401
+        writer = Authenticator(secret=herald.secret).mint("logger-test", ("executions:write",), ttl=600)
+        created = urllib.request.Request(
+            f"{url}/api/executions", data=b'{"kind": "chat"}', headers={"Content-Type": "application/json"}
+        )
+        created.add_header("Authorization", "Bearer " + writer)
+        with urllib.request.urlopen(created, timeout=10) as response:
+            ex = json.load(response)["id"]
+        assert get(f"{url}/api/executions/{ex}/events?wait=0", token) == 200  # a long-poll page
     finally:
         herald.stop()
     with open(herald.log_path) as fh:
@@ -60,6 +68,9 @@ def test_server_log_lines_carry_fields_and_no_secret(fmt: str) -> None:
     assert listed["method"] == "GET" and listed["level"] == "info" and listed["duration_ms"] >= 0
     missing = next(r for r in access if r["status"] == 404)
     assert missing["execution_id"] == "ex_nope" and missing["level"] == "warning"
+    assert listed["subject"] == "logger-test"  # who asked, on an API call
+    poll = next(r for r in access if r["path"].endswith("/events") and r["status"] == 200)
+    assert (poll["transport"], poll["subject"]) == ("longpoll", "logger-test")
 
 
 def test_redaction_covers_messages_and_fields() -> None:

@@ -37,9 +37,12 @@ def request_summary(request: HTTPServerRequest) -> str:
     return f"{request.method} {redacted_uri(request.uri or '')} ({request.remote_ip})"
 
 
-def log_access(status: int, request: HTTPServerRequest) -> None:
+def log_access(
+    status: int, request: HTTPServerRequest, transport: str | None = None, subject: str | None = None
+) -> None:
     """One access line, without tokens or tickets; nothing is formatted when the
-    level is off (redacting the URI costs more than the rest of a long-poll answer)."""
+    level is off (redacting the URI costs more than the rest of a long-poll answer).
+    ``transport`` and ``subject`` become fields of a JSON log line (``--log-format``)."""
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     if not ACCESS_LOG.isEnabledFor(level):
         return
@@ -51,6 +54,7 @@ def log_access(status: int, request: HTTPServerRequest) -> None:
         redacted_uri(request.uri or ""),
         request.remote_ip,
         1000.0 * request.request_time(),
+        extra={"transport": transport, "subject": subject},
     )
 
 

@@ -16,8 +16,8 @@ from core.auth import Principal
 from core.errors import HeraldError
 from core.service import Core
 from core.settings import Settings
-from transports.cors import ALLOWED_METHODS, Header, answer_headers, preflight_headers
 from transports.access_log import log_failure
+from transports.cors import ALLOWED_METHODS, Header, answer_headers, preflight_headers
 from transports.errors import as_herald_error, retry_after
 from transports.request import RequestMatches, authenticate_request, cursor, int_argument
 
@@ -26,6 +26,9 @@ class HeraldRequestHandler(tornado.web.RequestHandler):
     """Base for every HTTP handler: receives the Core, renders errors one way."""
 
     core: Core
+    #: What the access line names besides the request (a JSON log's fields).
+    log_transport: str | None = None
+    log_subject: str | None = None
     #: This answer's CORS headers. Tornado sets default headers before ``initialize``
     #: (none known yet) and again when an error clears the answer (these, then).
     cors: Sequence[Header] = ()
@@ -59,7 +62,9 @@ class HeraldRequestHandler(tornado.web.RequestHandler):
     async def authenticate(self, *, stream: bool = False) -> Principal:
         """The caller's Principal from header, ticket (``stream`` requests only),
         parameter or cookie."""
-        return await authenticate_request(self.core, self.request, stream=stream)
+        principal = await authenticate_request(self.core, self.request, stream=stream)
+        self.log_subject = principal.sub
+        return principal
 
     def int_argument(self, name: str, default: int, low: int, high: int) -> int:
         return int_argument(self.request, name, default, low, high)

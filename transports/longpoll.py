@@ -71,13 +71,15 @@ class LongPollTransport:
     name = NAME
     encoding = Encoding.PAGE
     heartbeat = Heartbeat.NONE
-    __slots__ = ("request", "cors", "gone", "answered")
+    __slots__ = ("request", "cors", "gone", "answered", "subject")
 
     def __init__(self, request: HTTPServerRequest, cors: list[Header]) -> None:
         self.request = request
         self.cors = cors
         self.gone = False
         self.answered = False
+        #: The token subject, once authenticated (for the access line).
+        self.subject: str | None = None
 
     def write(self, data: bytes) -> bool:
         self.respond(200, data, None)
@@ -114,7 +116,7 @@ class LongPollTransport:
         start = ResponseStartLine("HTTP/1.1", status, responses.get(status, "Unknown"))
         connection.write_headers(start, headers, body)
         connection.finish()
-        log_access(status, self.request)
+        log_access(status, self.request, NAME.value, self.subject)
 
 
 class PollRequest(HTTPMessageDelegate):
@@ -150,6 +152,7 @@ class PollRequest(HTTPMessageDelegate):
         core, request = self.core, self.request
         try:
             principal = await authenticate_request(core, request, stream=True)
+            self.transport.subject = principal.sub
             source, wait = await self.opener(core, request, principal, self.path)
             shed_arguments(request)  # read above; a held poll keeps the request
             # The shared timer answers the poll when ``wait`` runs out. It ticks every

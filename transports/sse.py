@@ -125,6 +125,7 @@ class EventStreamHandler(HeraldRequestHandler):
     """What every Herald SSE response shares: admission, the preamble, the session."""
 
     session: Session | None = None
+    log_transport = NAME.value
 
     async def stream(
         self, principal: Principal, source: Source, cursor: int | None = None, names: EventNames = EventNames.NAMED

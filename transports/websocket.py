@@ -76,6 +76,13 @@ class HeraldSocket(tornado.websocket.WebSocketHandler):
     #: A scope a refreshed token must keep (beyond the same ``sub``).
     refresh_scope: Scope | None = None
 
+    #: What the access line names besides the request (a JSON log's fields).
+    log_subject: str | None = None
+
+    @property
+    def log_transport(self) -> str:
+        return self.transport_name.value
+
     def initialize(self, core: Core) -> None:
         self.core = core
         self.session: Session | None = None
@@ -140,6 +147,7 @@ class HeraldSocket(tornado.websocket.WebSocketHandler):
     async def open(self, *args: str, **kwargs: str) -> None:
         try:
             principal = await self.sign_in()
+            self.log_subject = principal.sub
             source = await self.follow(principal, *args, *kwargs.values())
             transport = WebSocketTransport(self, self.transport_name, self.core.settings.max_buffer_bytes)
             try:
