@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins  # ``list`` is also a method of HeraldClient
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -92,11 +93,11 @@ class HeraldClient:
         answer = await self.request("POST", f"/api/executions/{execution_id}/events", item)
         return answer["seq"][0]
 
-    async def publish_many(self, execution_id: str, items: list[dict[str, Any]]) -> list[int]:
+    async def publish_many(self, execution_id: str, items: builtins.list[dict[str, Any]]) -> builtins.list[int]:
         answer = await self.request("POST", f"/api/executions/{execution_id}/events", items)
         return answer["seq"]
 
-    async def cancel(self, execution_id: str, reason: str | None = None) -> list[int]:
+    async def cancel(self, execution_id: str, reason: str | None = None) -> builtins.list[int]:
         answer = await self.request(
             "POST", f"/api/executions/{execution_id}/cancel", {"reason": reason} if reason else {}
         )

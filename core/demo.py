@@ -16,10 +16,13 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import HeraldError
 from core.model import Execution, PublishItem
+
+if TYPE_CHECKING:
+    from core.service import Core
 
 log = logging.getLogger("herald.demo")
 
@@ -150,9 +153,9 @@ class DemoSimulator:
     """Starts demo executions and plays their script; keeps its tasks so they can be
     stopped with the server."""
 
-    def __init__(self, core: Any) -> None:
+    def __init__(self, core: Core) -> None:
         self.core = core
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, owner: str, speed: float = 1.0, prompt: str | None = None) -> Execution:
         """Create a demo execution owned by ``owner`` and start playing it."""

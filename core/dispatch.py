@@ -112,7 +112,7 @@ class Dispatcher:
         self._claimed: dict[str, tuple[str, str]] = {}
         self._pumping: set[str] = set()
         self._again: set[str] = set()
-        self._sweeper: asyncio.Task | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._renewed = 0.0
         #: Queues for which this process published HTTP claims (to withdraw them).
         self._claim_queues: set[str] = set()

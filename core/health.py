@@ -260,7 +260,7 @@ class HealthProbe:
         self.own: Sample | None = None
         #: (time, deployment totals) per probe, oldest first.
         self.totals: deque[tuple[float, dict[str, Any]]] = deque(maxlen=history + 1)
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.ended = Counter(
             "herald_executions_ended",
             "Executions that reached a terminal event, by outcome and error_type (every process counts "

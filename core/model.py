@@ -8,6 +8,7 @@ server-made ``status`` event, idempotency keys, terminal events closing the stre
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -165,7 +166,7 @@ def _check_progress(data: Any) -> None:
             raise bad_request(f"{name} must be a string", ErrorCode.INVALID_EVENT)
 
 
-def _check_object_with(*required: str):
+def _check_object_with(*required: str) -> Callable[[Any, str], None]:
     def check(data: Any, event: str) -> None:
         if not isinstance(data, dict):
             raise bad_request(f"{event} data must be an object", ErrorCode.INVALID_EVENT)

@@ -57,9 +57,9 @@ class RedisBroker:
         self._listeners: dict[str, Listener] = {}
         self._client: aioredis.Redis | None = None
         self._pubsub: aioredis.client.PubSub | None = None
-        self._reader: asyncio.Task | None = None
+        self._reader: asyncio.Task[None] | None = None
         self._pending_ops: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-        self._ops_task: asyncio.Task | None = None
+        self._ops_task: asyncio.Task[None] | None = None
         self.on_resync: Callable[[], None] | None = None
 
     async def start(self) -> None:
@@ -73,7 +73,7 @@ class RedisBroker:
                 task.cancel()
         if self._pubsub is not None:
             try:
-                await self._pubsub.aclose()
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
             except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
         if self._client is not None:

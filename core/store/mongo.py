@@ -138,10 +138,10 @@ class MongoStore:
         self.retention = retention
         self._selection_ms = int(server_selection_timeout * 1000)
         self._timeout_ms = int(operation_timeout * 1000)
-        self._client: AsyncMongoClient | None = None
+        self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._indexed = False
         self._index_lock = asyncio.Lock()
-        self._index_task: asyncio.Task | None = None
+        self._index_task: asyncio.Task[None] | None = None
         #: Appends from this process to one execution go one at a time: contention is
         #: then only between processes. Values: (lock, users).
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -244,7 +244,7 @@ class MongoStore:
             self._indexed = True
             log.info("MongoDB indexes ready in %s", self._database_name)
 
-    def _client_or_fail(self) -> AsyncMongoClient:
+    def _client_or_fail(self) -> AsyncMongoClient[dict[str, Any]]:
         if self._client is None:
             raise StoreUnavailable("the MongoDB store is not started")
         return self._client
