@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-test
 
-.PHONY: run run-worker test lint loadtest bench clean
+.PHONY: run run-worker test lint loadtest bench bench-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,12 @@ loadtest: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python loadtests/bench.py
+
+# The benchmark regression gate (about a minute, two quiet cores): ws, sse and lp at
+# 1,000, Herald's ratios to plain Tornado against loadtests/bench-baseline.json; exits
+# non-zero when one is more than 25 % worse. Not part of `make test`: CI is too noisy.
+bench-check: $(STAMP)
+	$(BIN)/python loadtests/bench.py --check
 
 clean:
 	rm -rf $(VENV) .herald .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

@@ -1,6 +1,7 @@
 """Fan-out benchmark: Herald against a plain Tornado broadcast server, in one run.
 
 ``python loadtests/bench.py [--tests ws:1000,sse:1000,ws10:1000] [--servers herald,plain] [--reps 1]``
+``python loadtests/bench.py --check`` (``make bench-check``): the regression gate, below.
 
 Method (the one of the shared peer harness, so the figures compare): each server runs
 pinned to CPU 0 (``taskset -c 0``), the load workers (``fanout_client.py``, several
@@ -21,6 +22,15 @@ own delivery rate published and not yet received; at most 400,000 deliveries and
 ``/api/streams`` connection (``ex_bench``, which the publisher feeds, and nine quiet
 ones), so the server holds ten subscriptions per connection; the table's ratio puts its
 deliveries per server CPU-second beside the single-stream test of the same kind and N.
+
+**The regression gate** (``--check``, about a minute): ws, sse and lp at 1,000, one
+repetition, Herald and plain Tornado in the same run. What it compares is each test's
+*ratio* of Herald to plain Tornado (deliveries per server CPU-second, and KB per idle
+connection), not absolute figures: the machine's speed drifts by ±15 % from one minute
+to the next and both servers drift together. It exits 1 when a ratio is more than 25 %
+worse than in ``bench-baseline.json`` (committed; ``--write-baseline`` measures it
+again), or when a test did not run. Not part of ``make test``: a shared CI machine is
+too noisy for it, and it needs two quiet cores.
 """
 
 from __future__ import annotations
@@ -54,6 +64,12 @@ WINDOW_S = 0.5
 DRAIN_IDLE_S = 2.0
 DRAIN_MAX_S = 15.0
 DEFAULT_TESTS = "ws:1000,ws:2000,ws:5000,ws:10000,sse:1000,sse:5000,sse:10000,lp:1000,lp:5000"
+#: The regression gate's fixed set (``--check``), and the file of its committed ratios.
+CHECK_TESTS = "ws:1000,sse:1000,lp:1000"
+BASELINE = os.path.join(HERE, "bench-baseline.json")
+#: How much worse than the baseline a ratio may be before the gate fails: one run's
+#: ratios move by up to ~15 % on this kind of machine; a real regression moves more.
+CHECK_TOLERANCE = 0.25
 
 HERALD_PATH = f"{STREAM_PATH}?access_token={BENCH_TOKEN}"
 HERALD_STREAMS_PATH = f"{STREAMS_PATH}&access_token={BENCH_TOKEN}"
@@ -484,7 +500,90 @@ def table(recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ratios(recs: list[dict]) -> dict[str, dict[str, float]]:
+    """Herald's ratio to plain Tornado per test of one run: ``deliveries_per_cpu_s``
+    (higher is better) and ``kb_per_idle_connection`` (lower is better); a test that
+    did not run on both servers has none."""
+    by = {(r["server"], f"{r['kind']}:{r['n']}"): r for r in recs}
+    out: dict[str, dict[str, float]] = {}
+    for (server, test), rec in by.items():
+        base = by.get(("plain", test))
+        if server != "herald" or base is None:
+            continue
+        cpu, base_cpu = per_cpu_s(rec), per_cpu_s(base)
+        kb, base_kb = rec.get("kb_per_conn"), base.get("kb_per_conn")
+        if not (cpu and base_cpu and kb and base_kb):
+            continue
+        out[test] = {"deliveries_per_cpu_s": round(cpu / base_cpu, 2), "kb_per_idle_connection": round(kb / base_kb, 2)}
+    return out
+
+
+def regressions(
+    baseline: dict[str, dict[str, float]], measured: dict[str, dict[str, float]], tolerance: float = CHECK_TOLERANCE
+) -> list[str]:
+    """What the gate fails on, one line each: a test of the baseline that has no ratio
+    now, deliveries per CPU-second that fell by more than ``tolerance`` of the baseline's
+    ratio, or memory per idle connection that grew by more than that."""
+    failures = []
+    for test, base in sorted(baseline.items()):
+        now = measured.get(test)
+        if now is None:
+            failures.append(f"{test}: no ratio measured (the test failed on one of the servers)")
+            continue
+        cpu, base_cpu = now["deliveries_per_cpu_s"], base["deliveries_per_cpu_s"]
+        if cpu < base_cpu * (1 - tolerance):
+            failures.append(
+                f"{test}: deliveries per server CPU-s {cpu}× plain Tornado, baseline {base_cpu}×"
+                f" (more than {tolerance:.0%} lower)"
+            )
+        kb, base_kb = now["kb_per_idle_connection"], base["kb_per_idle_connection"]
+        if kb > base_kb * (1 + tolerance):
+            failures.append(
+                f"{test}: KB per idle connection {kb}× plain Tornado, baseline {base_kb}×"
+                f" (more than {tolerance:.0%} higher)"
+            )
+    return failures
+
+
+def write_baseline(path: str, measured: dict[str, dict[str, float]], recs: list[dict]) -> None:
+    """The gate's baseline: the ratios, and the run's own figures for a reader."""
+    figures = {
+        f"{r['server']} {r['kind']}:{r['n']}": {
+            "deliveries_per_cpu_s": round(per_cpu_s(r) or 0),
+            "kb_per_idle_connection": r.get("kb_per_conn"),
+        }
+        for r in recs
+    }
+    doc = {
+        "measured": time.strftime("%Y-%m-%d %H:%M"),
+        "command": "loadtests/bench.py --write-baseline",
+        "tests": measured,
+        "figures": figures,
+    }
+    with open(path, "w") as f:
+        f.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
+def check(recs: list[dict], baseline_path: str) -> int:
+    """The gate's verdict on one run against the committed baseline; the exit status."""
+    with open(baseline_path) as f:
+        baseline = json.load(f)["tests"]
+    measured = ratios(recs)
+    print("\n| test | ratio | baseline | now |\n|---|---|---|---|")
+    for test in sorted(baseline):
+        for key in ("deliveries_per_cpu_s", "kb_per_idle_connection"):
+            now = measured.get(test, {}).get(key)
+            print(f"| {test} | {key} | {baseline[test][key]}× | {fmt(now)}× |")
+    failures = regressions(baseline, measured)
+    for line in failures:
+        print(f"REGRESSION {line}")
+    print("bench check: " + ("FAILED" if failures else f"passed (every ratio within {CHECK_TOLERANCE:.0%})"))
+    return 1 if failures else 0
+
+
 async def main(args) -> None:
+    if args.check and not os.path.exists(args.baseline):
+        sys.exit(f"no baseline at {args.baseline}: measure one with --write-baseline on a quiet machine")
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {int(CLIENT_CPU)})
     recs = []
@@ -506,6 +605,11 @@ async def main(args) -> None:
     if args.md:
         with open(args.md, "w") as f:
             f.write(f"<!-- loadtests/bench.py {' '.join(sys.argv[1:])} -->\n\n{out}\n")
+    if args.write_baseline:
+        write_baseline(args.baseline, ratios(recs), recs)
+        print(f"baseline written to {args.baseline}")
+    elif args.check:
+        sys.exit(check(recs, args.baseline))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -520,7 +624,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="load-client processes")
     p.add_argument("--raw", help="append one JSON record per test to this file")
     p.add_argument("--md", help="write the table to this file")
-    return p.parse_args(argv)
+    gate = p.add_mutually_exclusive_group()
+    gate.add_argument(
+        "--check",
+        action="store_true",
+        help=f"the regression gate: {CHECK_TESTS}, one repetition, ratios to plain Tornado against --baseline;"
+        " exit 1 on a regression",
+    )
+    gate.add_argument("--write-baseline", action="store_true", help="run the gate's set and write --baseline")
+    p.add_argument("--baseline", default=BASELINE, help="the gate's committed ratios (JSON)")
+    args = p.parse_args(argv)
+    if args.check or args.write_baseline:
+        args.tests, args.servers, args.reps = CHECK_TESTS, "herald,plain", 1
+    return args
 
 
 if __name__ == "__main__":
