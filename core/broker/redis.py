@@ -73,7 +73,7 @@ class RedisBroker:
                 task.cancel()
         if self._pubsub is not None:
             try:
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._pubsub.aclose()
             except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
         if self._client is not None:
