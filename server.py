@@ -29,6 +29,7 @@ from core.health import start_health_probe
 from core.logs import FORMATS, configure_logging
 from core.runtime import tune_gc
 from core.service import Core
+from core.sessions import drain_window
 from core.settings import Secret, Settings
 from core.store.base import Store
 from handlers import demo, feed, stats, workers
@@ -311,12 +312,19 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 
 async def shut_down(server: HTTPServer, core: Core, drain_timeout: float) -> None:
     """The graceful drain: stop accepting connections, end every open one (WebSocket
-    ``1001``, SSE end, held polls answered; feeds and workers too) so clients resume
-    elsewhere with their cursors, answer the publishes in flight, then close the store
-    and the broker — within ``drain_timeout`` seconds."""
+    ``1001``, SSE end, held polls answered; feeds and workers too) spread over a short
+    window with a retry hint each, so clients resume elsewhere with their cursors and
+    not all at once, answer the publishes in flight, then close the store and the
+    broker — within ``drain_timeout`` seconds."""
     log.info("shutting down")
     server.stop()  # no new connections; requests already read still get answers
-    await core.drain(timeout=max(0.5, drain_timeout - 0.5))
+    # Every answer from now on says `Connection: close`, so a keep-alive connection
+    # (a publisher's, nginx's) carries no new request into the last moments.
+    server.conn_params.no_keep_alive = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(1.0, drain_timeout - 0.5)  # the rest: the last writes, closing the store
+    await core.sessions.drain_over(drain_window(drain_timeout), timeout=deadline - loop.time())
+    await core.drain(timeout=max(0.2, deadline - loop.time()))
     await asyncio.sleep(0.2)  # let the last answers and close frames leave
     await core.stop()
 
