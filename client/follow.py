@@ -2,7 +2,9 @@
 
 The follower keeps one cursor (``after``): it passes it on every reconnect, drops any
 event with ``seq <= after`` and stops after the terminal event, so a caller sees every
-event exactly once, in order, whatever the connection does. A ``reset`` (the server
+event exactly once, in order, whatever the connection does. A draining server's retry
+hint (WebSocket close reason ``server_shutdown retry=<ms>``, SSE ``retry:`` after
+``ready``) is the wait before the next connection, instead of the backoff. A ``reset`` (the server
 dropped events by retention) is yielded as ``{"control": "reset", "execution": {...}}``
 and moves the cursor to the document's ``last_seq``.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from client.api import HeraldClient
 
 TERMINAL = frozenset({"complete", "error", "cancelled"})
+RETRY_HINT = re.compile(r"\bretry=(\d+)\b")
 FATAL_CLOSE = {4400, 4403, 4404}
 FATAL_STATUS = {400, 403, 404}
 
@@ -78,6 +82,8 @@ class Follower:
         self.token_provider = token_provider
         self.connections = 0
         self.done = False
+        #: Seconds a draining server asked this follower to wait before reconnecting.
+        self._retry_hint: float | None = None
 
     @property
     def url(self) -> str:
@@ -108,6 +114,11 @@ class Follower:
                 return
             if not self.reconnect or (self.max_attempts is not None and failures >= self.max_attempts):
                 raise StreamEnded(0, "disconnected")
+            if self._retry_hint is not None:
+                # A drain is no failure: come back when the server said, not later.
+                await asyncio.sleep(self._retry_hint)
+                self._retry_hint = None
+                continue
             await asyncio.sleep(backoff_delay(failures, first=self.first_delay, cap=5.0))
             failures += 1
 
@@ -151,6 +162,9 @@ class Follower:
         finally:
             conn.close()
         code, reason = conn.close_code, conn.close_reason or ""
+        hint = RETRY_HINT.search(reason) if code == 1001 else None
+        if hint is not None:
+            self._retry_hint = int(hint[1]) / 1000
         if code == 4401:
             await self._refresh_or_fail(code, reason)
             raise _Reconnect
@@ -201,6 +215,8 @@ class Follower:
                     break
                 for message in parser.feed(chunk):
                     item = json.loads(message.data)
+                    if item.get("control") == "ready":
+                        parser.retry_ms = None  # a ``retry:`` from now on is a drain's hint
                     if message.event == "control" and item.get("control") == "error":
                         if item.get("code") == "token_expired":
                             await self._refresh_or_fail(401, "token_expired")
@@ -210,6 +226,8 @@ class Follower:
             stopped = True
             if not fetch.done():
                 fetch.cancel()
+        if parser.retry_ms is not None and not self.done:
+            self._retry_hint = parser.retry_ms / 1000
         response = fetch.result() if fetch.done() and not fetch.cancelled() else None
         code = response.code if response is not None else 599
         if code != 200:

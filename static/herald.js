@@ -124,11 +124,19 @@ export function browserSupports(name) {
 
 class Problem extends Error {
   /** Why a connection ended: kind is "retry", "timeout", "stale" (no answer to a
-   *  check: reconnect at once), "expired" or "fatal". */
-  constructor(kind, detail) {
+   *  check: reconnect at once), "expired" or "fatal". `retryIn`: the ms a draining
+   *  server asked the client to wait before reconnecting (instead of the backoff). */
+  constructor(kind, detail, retryIn = null) {
     super(detail);
     this.kind = kind;
+    this.retryIn = retryIn;
   }
+}
+
+/** The retry hint of a draining server's close reason (`server_shutdown retry=<ms>`). */
+function closeRetryHint(code, reason) {
+  const hint = code === 1001 && /\bretry=(\d+)\b/.exec(reason || "");
+  return hint ? Number(hint[1]) : null;
 }
 
 function problemFromHttp(status, body) {
@@ -165,7 +173,10 @@ function openWebSocket(link) {
     clearInterval(pinger);
     if (e.code === 4401) link.end(new Problem("expired", e.reason || "unauthorized"));
     else if (FATAL_CLOSE_CODES.has(e.code)) link.end(new Problem("fatal", `closed ${e.code} ${e.reason}`));
-    else link.end(new Problem("retry", `closed ${e.code}${e.reason ? " " + e.reason : ""}`));
+    else {
+      const detail = `closed ${e.code}${e.reason ? " " + e.reason : ""}`;
+      link.end(new Problem("retry", detail, closeRetryHint(e.code, e.reason)));
+    }
   };
   const send = (message) => socket.readyState === 1 && socket.send(JSON.stringify(message));
   return {
@@ -208,6 +219,8 @@ function openSse(link) {
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
+    let ready = false;
+    let hint = null; // a `retry:` after `ready`: a draining server's retry hint
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
@@ -216,11 +229,18 @@ function openSse(link) {
       buffer = blocks.pop();
       for (const block of blocks) {
         const parsed = parseSseBlock(block);
-        if (parsed) link.receive(JSON.parse(parsed.data));
+        if (parsed) {
+          const message = JSON.parse(parsed.data);
+          if (message.control === "ready") ready = true;
+          link.receive(message);
+        } else if (ready) {
+          const retry = /^retry:\s?(\d+)$/m.exec(block);
+          if (retry) hint = Number(retry[1]);
+        }
       }
       link.alive(); // bytes arrived: the connection lives, even mid-block
     }
-    throw new Problem("retry", "stream ended");
+    throw new Problem("retry", "stream ended", hint);
   })().catch((err) => {
     if (!abort.signal.aborted) link.end(err instanceof Problem ? err : new Problem("retry", String(err)));
   });
@@ -610,6 +630,15 @@ class Channel {
       const what = problem.kind === "stale" ? `gave ${problem.message}` : `dropped on a check (${problem.message})`;
       this.reason = `${failed} ${what}; reconnected at once`;
       return this.connect();
+    }
+    if (problem.retryIn !== null) {
+      // A draining server said when to come back (each client its own jittered time):
+      // a drain is no failure, so no backoff and no fallback.
+      this.reconnects++;
+      this.reason = `${failed} drained by the server (${problem.message}); back in ${problem.retryIn} ms`;
+      this.moveTo(this.downState(S.WAITING), { retryIn: problem.retryIn });
+      this.timers.retry = setTimeout(() => this.connect(), problem.retryIn);
+      return;
     }
     if (!wasOpen && !this.working && this.index + 1 < this.candidates.length) {
       this.index++;
