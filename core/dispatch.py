@@ -36,6 +36,7 @@ from core.errors import ErrorCode, HeraldError
 from core.model import TERMINAL_EVENTS, Event, Execution, PublishItem, Status, rfc3339
 from core.publishing import guard
 from core.service import Core
+from core.transport import TransportName
 
 log = logging.getLogger("herald.dispatch")
 
@@ -157,7 +158,7 @@ class Dispatcher:
         data = {
             "queue": worker.queue,
             "name": worker.name,
-            "transport": "websocket",
+            "transport": TransportName.WEBSOCKET.value,
             "since": worker.since,
             "capacity": worker.capacity,
             "executions": sorted(worker.held),
@@ -454,7 +455,7 @@ class Dispatcher:
             listed: list[dict[str, Any]] = [
                 {
                     "name": w["name"],
-                    "transport": "websocket",
+                    "transport": TransportName.WEBSOCKET.value,
                     "since": rfc3339(w["since"]),
                     "capacity": w.get("capacity"),
                     "executions": w.get("executions", []),

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-TRANSPORTS = ("websocket", "sse", "longpoll", "worker")
+from core.transport import TransportName
+
+TRANSPORTS = tuple(name.value for name in TransportName)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 

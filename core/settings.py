@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.transport import STREAM_TRANSPORTS
+
 
 class Secret(str):
     """A string that prints as ``'**********'`` so it never lands in a log."""
@@ -31,7 +33,7 @@ class Settings:
     jwt_secret: Secret | None = None
     jwt_public_key: str | None = None
     jwt_algorithms: tuple[str, ...] = ()
-    transports: tuple[str, ...] = ("websocket", "sse", "longpoll")
+    transports: tuple[str, ...] = tuple(name.value for name in STREAM_TRANSPORTS)
     heartbeat: float = 15.0
     retention: float = 86400.0
     max_event_bytes: int = 65536

@@ -15,6 +15,7 @@ from core.auth import Principal, Scope, require
 from core.feed import Feed, FeedPage, FeedStream
 from core.service import Core
 from core.session import Source
+from core.transport import TransportName
 from transports.longpoll import MAX_WAIT, LongPollRouter, PollOpener
 from transports.request import (
     RequestMatches,
@@ -78,9 +79,9 @@ def routes(core: Core) -> list[Rule]:
     core.changes.observe(feed.observe)
     core.changes.observe_gaps(feed.lost_changes)
     kwargs = {"core": core, "feed": feed}
-    by_name = {
-        "websocket": Rule(RequestMatches(FEED_PATH, wants_websocket), FeedSocket, kwargs),
-        "sse": Rule(RequestMatches(FEED_PATH, wants_event_stream), FeedEvents, kwargs),
-        "longpoll": Rule(RequestMatches(FEED_PATH, wants_page), LongPollRouter(core, feed_poll(feed))),
+    by_name: dict[str, Rule] = {
+        TransportName.WEBSOCKET: Rule(RequestMatches(FEED_PATH, wants_websocket), FeedSocket, kwargs),
+        TransportName.SSE: Rule(RequestMatches(FEED_PATH, wants_event_stream), FeedEvents, kwargs),
+        TransportName.LONGPOLL: Rule(RequestMatches(FEED_PATH, wants_page), LongPollRouter(core, feed_poll(feed))),
     }
     return [by_name[name] for name in core.settings.transports if name in by_name]
