@@ -468,8 +468,10 @@ def test_the_ends_are_spread_over_the_window_and_the_process_exits_in_time(tmp_p
             reasons = [s.conn.close_reason or "" for s in sockets]
             return ends, reasons, gone, server.process.poll()
         finally:
-            for c in [*sockets, *streams]:
-                c.close()
+            for sock in sockets:
+                sock.close()
+            for sse in streams:
+                sse.close()
 
     server.start()
     try:
