@@ -159,6 +159,8 @@ class Session:
             try:
                 if self.source is not None:
                     await self.source.finish(disconnect)
+            except Exception:  # noqa: BLE001 - its last words failed; the connection still ends cleanly
+                log.exception("ending a %s connection failed", self.transport_name.value)
             finally:
                 self.transport.close(disconnect)
                 self.sessions.release(self, disconnect)
