@@ -1,6 +1,7 @@
 // The executions list: the caller's executions, newest first, a page at a time
 // (GET /api/executions with filters), kept live by the feed (/api/executions/feed: a
-// snapshot, then one message per change), with a cancel action per running execution.
+// snapshot, then one message per change; one connection shared by the origin's
+// dashboard tabs), with a cancel action per running execution.
 import { Herald } from "/static/herald.js";
 import {
   badge,
@@ -363,6 +364,8 @@ if (!token) {
   Herald.feed({
     token,
     ...urlOptions(),
+    // One feed connection for all the origin's dashboard tabs; ?share=false: this tab's own.
+    share: params.get("share") !== "false",
     onTokenExpired: freshToken,
     onSnapshot(list) {
       for (const s of list) onChange(s);

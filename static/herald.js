@@ -667,24 +667,30 @@ class Channel {
   }
 }
 
-// --- one connection per browser: /api/streams, shared by every tab of an origin --------
+// --- one connection per browser: /api/streams and the feed, shared by every tab ------
 //
 // A browser opens at most 6 HTTP/1.1 connections per host: with SSE or long-poll the
-// seventh tab that follows an execution would starve. So by default every `follow` of
-// every tab of an origin shares one connection to /api/streams: one tab holds it (the
-// holder of a Web Lock), the others send it their subscriptions and receive their events
-// over a BroadcastChannel. Each follow keeps its own cursor and drops any seq at or below
-// it, so a takeover (the holding tab closed or froze: the next tab waiting on the lock
-// gets it at once, asks every follow for its cursor and subscribes from there) loses and
-// repeats nothing. Without Web Locks or BroadcastChannel each tab multiplexes its own
-// follows over one connection of its own; `share: false` gives a follow a connection to
-// its execution's own stream URL, as before sharing.
+// seventh tab that follows an execution (or shows the dashboard) would starve. So by
+// default every `follow` of every tab of an origin shares one connection to
+// /api/streams, and every `feed` one connection to /api/executions/feed: for each, one
+// tab holds it (the holder of a Web Lock), the others send it what they want and
+// receive their messages over a BroadcastChannel. Each follow keeps its own cursor and
+// drops any seq at or below it, so a takeover (the holding tab closed or froze: the next
+// tab waiting on the lock gets it at once, asks every follow for its cursor and
+// subscribes from there) loses and repeats nothing. The feed is state, not a log: its
+// holder keeps the merged rows and hands a tab that joins late a snapshot of them, and
+// after a takeover every tab gets the server's fresh snapshot. Without Web Locks or
+// BroadcastChannel each tab has one connection of its own per resource; `share: false`
+// gives a follow (a feed) a connection of its own to its execution's stream URL (the
+// feed's URL), as before sharing.
 
-const SHARE_LOCK = "herald-connection";
 const SHARE_DEBOUNCE_MS = 30; // subscriptions arriving together reopen an SSE stream once
 const RETRY_SUBSCRIBE_MS = 1000; // after a refusal that may pass (store unavailable)
-// Options that shape the shared connection itself (the holding tab's first follow's).
-const PER_FOLLOW = new Set(["after", "share", "onEvent", "onState", "onReset"]);
+const FEED_ROWS = 50; // the server's snapshot: the caller's 50 newest executions
+// Options that shape the shared connection itself (the holding tab's first member's).
+const PER_MEMBER = new Set(["after", "share", "onEvent", "onState", "onReset", "onSnapshot", "onChange"]);
+// Messages from the tabs to the holding tab; every other message is for every tab.
+const TO_HOLDER = new Set(["subscribe", "unsubscribe", "leave"]);
 
 /** Whether this browser can share one connection between tabs. */
 export function canShare() {
@@ -701,21 +707,71 @@ function tokenSub(token) {
   }
 }
 
-/** The holding tab's side: the one Channel over /api/streams and who wants what on it.
- *  `wanted` maps an execution to its subscribers (one per follow, in any tab) and the
- *  cursor each asked from; `at` is where the connection stands per execution. */
-class StreamsConnection {
+/** The holding tab's side of a shared resource: one Channel, open while some member
+ *  (in any tab) wants it, whose states go to every tab. */
+class HeldConnection {
   constructor(options, publish) {
     this.options = { ...options, onState: (s) => this.state(s) };
     this.publish = publish; // to every tab, this one included
-    this.wanted = new Map(); // execution id -> Map(subscriber -> after)
-    this.at = new Map(); // execution id -> last seq the connection delivered (or its start)
     this.channel = null;
     this.lastState = null;
     this.timer = null;
   }
 
-  subscribe(subscriber, id, after) {
+  /** A message from a tab (this one included) to the holder. */
+  receive(m) {
+    if (m.type === "subscribe") this.subscribe(m);
+    else if (m.type === "unsubscribe") this.unsubscribe(m);
+    else if (m.type === "leave") this.leave(m.tab);
+  }
+
+  /** A member that was not there before learns how the connection is doing (the
+   *  others skip a report they had). */
+  tellState() {
+    if (this.lastState) this.publish({ type: "state", state: this.lastState });
+  }
+
+  settleSoon() {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.settle(), SHARE_DEBOUNCE_MS);
+  }
+
+  /** Opens the connection when something is wanted, closes it when nothing is (a
+   *  moment later: another tab's member may be on its way). */
+  settle() {
+    if (this.idle()) return this.stop();
+    if (!this.channel || ENDED.has(this.channel.state)) this.channel = new Channel(this.spec(), this.options);
+  }
+
+  stop() {
+    clearTimeout(this.timer);
+    const channel = this.channel;
+    this.channel = null;
+    if (channel) channel.close(); // its `closed` report is not the members' business
+  }
+
+  state(report) {
+    if (report.state === S.CLOSED) return; // closed by `stop`: nothing is wanted
+    this.lastState = report;
+    this.publish({ type: "state", state: report });
+  }
+}
+
+/** /api/streams for every follow of every tab. `wanted` maps an execution to its
+ *  subscribers (one per follow, in any tab) and the cursor each asked from; `at` is
+ *  where the connection stands per execution. */
+class StreamsConnection extends HeldConnection {
+  constructor(options, publish) {
+    super(options, publish);
+    this.wanted = new Map(); // execution id -> Map(subscriber -> after)
+    this.at = new Map(); // execution id -> last seq the connection delivered (or its start)
+  }
+
+  idle() {
+    return !this.wanted.size;
+  }
+
+  subscribe({ subscriber, id, after }) {
     if (!this.wanted.has(id)) this.wanted.set(id, new Map());
     const subscribers = this.wanted.get(id);
     const known = subscribers.has(subscriber); // says where it is again (a roll-call, a rejoin)
@@ -727,11 +783,10 @@ class StreamsConnection {
       this.at.set(id, after);
       this.sendOp({ op: "subscribe", execution_id: id, after });
     }
-    // A new follow learns how the connection is doing (the others skip a report they had).
-    if (this.lastState && !known) this.publish({ type: "state", state: this.lastState });
+    if (!known) this.tellState();
   }
 
-  unsubscribe(subscriber, id) {
+  unsubscribe({ subscriber, id }) {
     const subscribers = this.wanted.get(id);
     if (!subscribers || !subscribers.delete(subscriber) || subscribers.size) return;
     this.forget(id);
@@ -741,7 +796,7 @@ class StreamsConnection {
   /** A tab went away: its subscriptions go with it. */
   leave(tab) {
     for (const [id, subscribers] of [...this.wanted]) {
-      for (const subscriber of [...subscribers.keys()]) if (subscriber.startsWith(tab + ":")) this.unsubscribe(subscriber, id);
+      for (const subscriber of [...subscribers.keys()]) if (subscriber.startsWith(tab + ":")) this.unsubscribe({ subscriber, id });
     }
   }
 
@@ -750,9 +805,7 @@ class StreamsConnection {
     this.at.delete(id);
   }
 
-  /** Tells the server: an op on an open WebSocket, else the set in the next request.
-   *  With nothing wanted any more the connection closes (a moment later: another tab's
-   *  follow may be on its way). */
+  /** Tells the server: an op on an open WebSocket, else the set in the next request. */
   sendOp(op) {
     const channel = this.channel;
     if (this.wanted.size && channel && channel.transport === "websocket" && channel.state === S.OPEN) {
@@ -762,30 +815,11 @@ class StreamsConnection {
     this.settleSoon();
   }
 
-  settleSoon() {
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.settle(), SHARE_DEBOUNCE_MS);
-  }
-
-  /** Opens the connection when something is wanted, closes it when nothing is, and
-   *  otherwise sends the set again (SSE reopens, a held long-poll polls again). */
+  /** The set changed: besides opening and closing, a running connection sends it again
+   *  (SSE reopens, a held long-poll polls again). */
   settle() {
-    if (!this.wanted.size) return this.stop();
-    if (!this.channel || ENDED.has(this.channel.state)) this.channel = new Channel(this.spec(), this.options);
-    else this.channel.requery();
-  }
-
-  stop() {
-    clearTimeout(this.timer);
-    const channel = this.channel;
-    this.channel = null;
-    if (channel) channel.close(); // its `closed` report is not the follows' business
-  }
-
-  state(report) {
-    if (report.state === S.CLOSED) return; // closed by `stop`: nothing is followed
-    this.lastState = report;
-    this.publish({ type: "state", state: report });
+    if (!this.idle() && this.channel && !ENDED.has(this.channel.state)) this.channel.requery();
+    else super.settle();
   }
 
   spec() {
@@ -838,21 +872,109 @@ class StreamsConnection {
   }
 }
 
-/** This tab's follows over the shared connection: it sends their subscriptions to the
- *  holding tab (itself, when it holds the lock) and hands each follow its events. */
+/** /api/executions/feed for every feed of every tab. The holder keeps the merged rows
+ *  (the last snapshot with every change since, the FEED_ROWS newest) and their
+ *  version, so a feed that joins while the connection runs gets a snapshot of them at
+ *  once, as a connection of its own would. */
+class FeedConnection extends HeldConnection {
+  constructor(options, publish) {
+    super(options, publish);
+    this.subscribers = new Set();
+    this.rows = new Map(); // execution id -> summary
+    this.version = null; // null until the server's snapshot
+  }
+
+  idle() {
+    return !this.subscribers.size;
+  }
+
+  subscribe({ subscriber }) {
+    const known = this.subscribers.has(subscriber); // a roll-call, a rejoin
+    this.subscribers.add(subscriber);
+    if (!this.channel || ENDED.has(this.channel.state)) this.settleSoon();
+    else if (this.version !== null) this.publish({ type: "snapshot", to: subscriber, version: this.version, executions: this.newest() });
+    if (!known) this.tellState();
+  }
+
+  unsubscribe({ subscriber }) {
+    if (this.subscribers.delete(subscriber) && this.idle()) this.settleSoon();
+  }
+
+  leave(tab) {
+    for (const subscriber of [...this.subscribers]) if (subscriber.startsWith(tab + ":")) this.unsubscribe({ subscriber });
+  }
+
+  /** Closed with nobody left: what it knew goes stale, the next connection starts
+   *  from a snapshot. */
+  stop() {
+    super.stop();
+    this.rows.clear();
+    this.version = null;
+  }
+
+  newest() {
+    return [...this.rows.values()].sort((a, b) => (a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : 0));
+  }
+
+  snapshot(version, executions) {
+    this.rows = new Map(executions.map((summary) => [summary.id, summary]));
+    this.version = version;
+    this.publish({ type: "snapshot", version, executions });
+  }
+
+  change(version, summary) {
+    this.version = version;
+    const known = this.rows.get(summary.id);
+    if (known && known.last_seq > summary.last_seq) return; // older news
+    this.rows.set(summary.id, summary);
+    if (this.rows.size > FEED_ROWS) this.rows.delete(this.newest().pop().id);
+    this.publish({ type: "execution", version, execution: summary });
+  }
+
+  spec() {
+    return {
+      path: "/api/executions/feed",
+      query: (transport) => (transport === "longpoll" ? { since: this.version } : {}),
+      position: () => ({}), // each tab's feed reports its own version
+      finished: () => false,
+      message: (m) => {
+        if (m.type === "snapshot") this.snapshot(m.version, m.executions);
+        else if (m.type === "execution") this.change(m.version, m.execution);
+      },
+      reset: () => {},
+      page: (body) => {
+        if (body.type === "snapshot") return this.snapshot(body.version, body.executions);
+        for (const summary of body.executions) this.change(body.version, summary);
+        this.version = body.version;
+      },
+    };
+  }
+}
+
+// What each shared resource is: its Web Lock and BroadcastChannel names (each followed
+// by "<server>|<sub>|browser") and the holding tab's side of it.
+const SHARED = Object.freeze({
+  streams: { lock: "herald-connection ", bus: "herald:", hold: (o, publish) => new StreamsConnection(o, publish) },
+  feed: { lock: "herald-feed ", bus: "herald-feed:", hold: (o, publish) => new FeedConnection(o, publish) },
+});
+
+/** This tab's members (follows, or feeds) of one shared resource: it sends what they
+ *  want to the holding tab (itself, when it holds the lock) and hands each member the
+ *  messages of every tab. */
 class TabShare {
-  constructor(key, options, shared) {
+  constructor(resource, key, options, shared) {
+    this.resource = resource;
     this.tab = Math.random().toString(36).slice(2);
-    this.options = Object.fromEntries(Object.entries(options).filter(([k]) => !PER_FOLLOW.has(k)));
-    this.follows = new Map(); // subscriber -> follow record
+    this.options = Object.fromEntries(Object.entries(options).filter(([k]) => !PER_MEMBER.has(k)));
+    this.members = new Map(); // subscriber -> SharedMember
     this.count = 0;
-    this.connection = null; // a StreamsConnection while this tab holds the lock
-    this.bus = shared ? new BroadcastChannel("herald:" + key) : null;
+    this.connection = null; // a HeldConnection while this tab holds the lock
+    this.bus = shared ? new BroadcastChannel(resource.bus + key) : null;
     if (!this.bus) {
       this.lead(); // no sharing between tabs: this tab's own connection
       return;
     }
-    this.lock = `${SHARE_LOCK} ${key}`;
+    this.lock = resource.lock + key;
     this.bus.onmessage = (e) => this.receive(e.data);
     this.queue();
     window.addEventListener("pagehide", () => this.leave());
@@ -872,8 +994,8 @@ class TabShare {
   }
 
   lead() {
-    this.connection = new StreamsConnection(this.options, (m) => this.publish(m));
-    this.publish({ type: "roll-call" }); // every follow of every tab says where it is
+    this.connection = this.resource.hold(this.options, (m) => this.publish(m));
+    this.publish({ type: "roll-call" }); // every member of every tab says what it wants
   }
 
   /** Goes away (closed, hidden into the back/forward cache, frozen): the next tab
@@ -891,7 +1013,7 @@ class TabShare {
 
   rejoin() {
     this.queue();
-    for (const follow of this.follows.values()) this.send({ type: "subscribe", subscriber: follow.subscriber, id: follow.id, after: follow.cursor });
+    for (const member of this.members.values()) this.send(member.subscribe());
   }
 
   /** A message for the holding tab (which may be this one). */
@@ -907,58 +1029,72 @@ class TabShare {
   }
 
   receive(m) {
-    const connection = this.connection;
-    if (connection) {
-      if (m.type === "subscribe") return connection.subscribe(m.subscriber, m.id, m.after);
-      if (m.type === "unsubscribe") return connection.unsubscribe(m.subscriber, m.id);
-      if (m.type === "leave") return connection.leave(m.tab);
-    }
-    if (m.type === "roll-call") {
-      for (const follow of this.follows.values()) this.send({ type: "subscribe", subscriber: follow.subscriber, id: follow.id, after: follow.cursor });
-    } else if (m.type === "state") {
-      for (const follow of this.follows.values()) follow.connectionState(m.state);
-    } else if (m.type === "event" || m.type === "reset" || m.type === "ended" || m.type === "error") {
-      const id = m.type === "event" ? m.event.execution_id : m.id;
-      for (const follow of [...this.follows.values()]) if (follow.id === id) follow.take(m);
+    if (TO_HOLDER.has(m.type)) {
+      if (this.connection) this.connection.receive(m);
+    } else if (m.type === "roll-call") {
+      for (const member of this.members.values()) this.send(member.subscribe());
+    } else {
+      for (const member of [...this.members.values()]) member.take(m);
     }
   }
 
-  add(follow) {
-    follow.subscriber = `${this.tab}:${++this.count}`;
-    this.follows.set(follow.subscriber, follow);
-    this.send({ type: "subscribe", subscriber: follow.subscriber, id: follow.id, after: follow.cursor });
+  add(member) {
+    member.subscriber = `${this.tab}:${++this.count}`;
+    this.members.set(member.subscriber, member);
+    this.send(member.subscribe());
   }
 
-  remove(follow, tellHolder) {
-    if (!this.follows.delete(follow.subscriber)) return;
-    if (tellHolder) this.send({ type: "unsubscribe", subscriber: follow.subscriber, id: follow.id });
+  remove(member, tellHolder) {
+    if (!this.members.delete(member.subscriber)) return;
+    if (tellHolder) this.send({ ...member.subscribe(), type: "unsubscribe" });
   }
 }
 
-const tabShares = new Map(); // key -> TabShare, one per caller and server in this tab
+const tabShares = new Map(); // lock name -> TabShare, one per resource, caller and server in this tab
 
-/** One execution followed over the shared connection: its cursor, its callbacks, and
- *  its own end (done, failed or closed) while the connection goes on for the others. */
-class SharedFollow {
-  constructor(share, executionId, options) {
-    this.share = share;
-    this.id = executionId;
+/** This tab's share of `resource` for the caller and server of `options`, made by its
+ *  first member. */
+function tabShare(resource, options) {
+  const shared = canShare();
+  const key = `${options.baseUrl || ""}|${tokenSub(options.token || "")}|${shared ? "browser" : "tab"}`;
+  let share = tabShares.get(resource.lock + key);
+  if (!share) tabShares.set(resource.lock + key, (share = new TabShare(resource, key, { ...DEFAULTS, ...options }, shared)));
+  return share;
+}
+
+/** One member of a shared resource in this tab: its callbacks and its own end (done,
+ *  failed or closed) while the connection goes on for the others. A subclass says what
+ *  it asks the holder for (`wants`), its position and what it does with a message. */
+class SharedMember {
+  constructor(options) {
     this.o = options;
-    this.cursor = options.after || 0;
     this.state = S.NEGOTIATING;
     this.connection = { transport: null, reason: "", reconnects: 0, attempt: 0 };
+  }
+
+  join(share) {
+    this.share = share;
     this.report();
     share.add(this);
   }
 
-  report(extra = {}) {
-    if (this.o.onState) this.o.onState({ ...this.connection, state: this.state, cursor: this.cursor, ...extra });
+  subscribe() {
+    return { type: "subscribe", subscriber: this.subscriber, ...this.wants() };
   }
 
-  /** The shared connection's state, reported as this follow's while it goes on. */
-  connectionState(report) {
+  report(extra = {}) {
+    if (this.o.onState) this.o.onState({ ...this.connection, state: this.state, ...this.position(), ...extra });
+  }
+
+  take(m) {
     if (ENDED.has(this.state)) return;
-    const { state, cursor, ...connection } = report;
+    if (m.type === "state") this.connectionState(m.state);
+    else this.deliver(m);
+  }
+
+  /** The shared connection's state, reported as this member's while it goes on. */
+  connectionState(report) {
+    const { state, ...connection } = report;
     const same = state === this.state && connection.reason === this.connection.reason;
     if (same && connection.reconnects === this.connection.reconnects) return; // had it
     this.connection = connection;
@@ -967,8 +1103,35 @@ class SharedFollow {
     this.report();
   }
 
-  take(m) {
+  end(state, extra = {}) {
     if (ENDED.has(this.state)) return;
+    this.state = state;
+    // Done and failed members are already off the connection; a closed one is not.
+    this.share.remove(this, state === S.CLOSED);
+    this.report(extra);
+  }
+}
+
+/** One execution followed over the shared connection, with its own cursor. */
+class SharedFollow extends SharedMember {
+  constructor(share, executionId, options) {
+    super(options);
+    this.id = executionId;
+    this.cursor = options.after || 0;
+    this.join(share);
+  }
+
+  wants() {
+    return { id: this.id, after: this.cursor };
+  }
+
+  position() {
+    return { cursor: this.cursor };
+  }
+
+  deliver(m) {
+    const id = m.type === "event" ? m.event.execution_id : m.id;
+    if (id !== this.id) return;
     if (m.type === "event") {
       const event = m.event;
       if (event.seq <= this.cursor) return; // seen already (a replay, a takeover)
@@ -986,22 +1149,44 @@ class SharedFollow {
       this.end(S.FAILED, { error: m.code });
     }
   }
+}
 
-  end(state, extra = {}) {
-    if (ENDED.has(this.state)) return;
-    this.state = state;
-    // Done and failed executions are already off the connection; a closed one is not.
-    this.share.remove(this, state === S.CLOSED);
-    this.report(extra);
+/** One feed over the shared connection: a snapshot first (the server's, or the
+ *  holder's merged rows when it joins late), then the changes. */
+class SharedFeed extends SharedMember {
+  constructor(share, options) {
+    super(options);
+    this.version = null; // null until its first snapshot
+    this.join(share);
+  }
+
+  wants() {
+    return {};
+  }
+
+  position() {
+    return { version: this.version };
+  }
+
+  deliver(m) {
+    if (m.type === "snapshot") {
+      if (m.to !== undefined && m.to !== this.subscriber) return; // for a feed that joined late
+      this.version = m.version;
+      if (this.o.onSnapshot) this.o.onSnapshot(m.executions);
+    } else if (m.type === "execution") {
+      if (this.version === null) return; // the snapshot on its way already holds it
+      this.version = m.version;
+      if (this.o.onChange) this.o.onChange(m.execution);
+    }
   }
 }
 
-function followShared(executionId, options) {
-  const shared = canShare();
-  const key = `${options.baseUrl || ""}|${tokenSub(options.token || "")}|${shared ? "browser" : "tab"}`;
-  let share = tabShares.get(key);
-  if (!share) tabShares.set(key, (share = new TabShare(key, { ...DEFAULTS, ...options }, shared)));
-  const follow = new SharedFollow(share, executionId, options);
+/** Follow one execution's events from `after`, exactly once and in order. By default
+ *  over the connection every tab of the origin shares (above); `share: false` opens a
+ *  connection of its own to the execution's stream URL. */
+export function follow(executionId, options = {}) {
+  if (options.share === false) return followAlone(executionId, options);
+  const follow = new SharedFollow(tabShare(SHARED.streams, options), executionId, options);
   return {
     close: () => follow.end(S.CLOSED),
     get transport() {
@@ -1014,14 +1199,6 @@ function followShared(executionId, options) {
       return follow.connection.reconnects;
     },
   };
-}
-
-/** Follow one execution's events from `after`, exactly once and in order. By default
- *  over the connection every tab of the origin shares (above); `share: false` opens a
- *  connection of its own to the execution's stream URL. */
-export function follow(executionId, options = {}) {
-  if (options.share === false) return followAlone(executionId, options);
-  return followShared(executionId, options);
 }
 
 /** One execution over a connection of its own (`share: false`). */
@@ -1066,8 +1243,22 @@ function followAlone(executionId, options) {
   };
 }
 
-/** Follow the caller's execution summaries: `onSnapshot(list)`, then `onChange(summary)`. */
+/** Follow the caller's execution summaries: `onSnapshot(list)`, then `onChange(summary)`.
+ *  By default over the feed connection every tab of the origin shares (above);
+ *  `share: false` opens a connection of its own. */
 export function feed(options = {}) {
+  if (options.share === false) return feedAlone(options);
+  const feed = new SharedFeed(tabShare(SHARED.feed, options), options);
+  return {
+    close: () => feed.end(S.CLOSED),
+    get transport() {
+      return feed.connection.transport;
+    },
+  };
+}
+
+/** The feed over a connection of its own (`share: false`). */
+function feedAlone(options) {
   let version = null;
   const spec = {
     path: "/api/executions/feed",
