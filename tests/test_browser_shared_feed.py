@@ -11,8 +11,9 @@ Lock ``herald-feed <server>|<sub>|browser`` and relays every message to the othe
   and ``/api/streams``).
 - A feed that joins while the connection runs gets the holder's merged rows as its
   snapshot at once, with no new request to the server.
-- Closing the holding tab: another takes the lock over within moments and every other
-  tab goes on updating, on SSE and on WebSocket.
+- Closing the holding tab (on SSE and on WebSocket) or freezing it: another takes the
+  lock over within moments and every other tab goes on updating.
+- Without Web Locks (an old browser, some webviews): a feed connection per tab.
 - ``?share=false`` (``share: false``): each tab has a connection of its own.
 
 Connections are counted on the server (``/metrics``' ``herald_connections``). Bounds
@@ -194,15 +195,19 @@ def test_a_feed_that_joins_late_gets_the_holders_rows_at_once(context, sse_only_
         )
 
 
-@pytest.mark.parametrize("transport", ["sse", "websocket"])
-def test_closing_the_holding_tab_hands_the_feed_over(context, request, transport: str):
+@pytest.mark.parametrize(("transport", "leaving"), [("sse", "close"), ("websocket", "close"), ("sse", "freeze")])
+def test_the_holding_tab_leaving_hands_the_feed_over(context, request, transport: str, leaving: str):
     h: BrowserHerald = request.getfixturevalue("sse_only_herald" if transport == "sse" else "browser_herald")
-    token = h.mint(sub=f"feed-takeover-{transport}")
+    token = h.mint(sub=f"feed-takeover-{transport}-{leaving}")
     pages = open_dashboards(context, h, token, 4)
     run_one(h, pages, token)
     holder = pages[1].evaluate(FEED_HOLDER)
     assert holder not in (None, "several")
-    pages[0].close()  # the first tab took the lock: it holds the feed
+    # The first tab took the lock: it holds the feed.
+    if leaving == "close":
+        pages[0].close()
+    else:  # as Chromium freezes a background tab: `freeze` fires, then its timers stop
+        context.new_cdp_session(pages[0]).send("Page.setWebLifecycleState", {"state": "frozen"})
     closed_at = time.monotonic()
     pages[1].wait_for_function(f"({FEED_HOLDER})().then((c) => c !== null && c !== {holder!r})", timeout=5000)
     assert time.monotonic() - closed_at < 3, "taken over within moments"
@@ -220,3 +225,18 @@ def test_share_false_gives_each_tab_its_own_feed(context, sse_only_herald: Brows
     assert settled_connections(h, lambda n: n == 3) == 3
     assert pages[0].evaluate(FEED_HOLDER) is None, "no tab holds a shared feed"
     run_one(h, pages, token)
+
+
+def test_without_web_locks_each_tab_has_its_own_feed(chromium, sse_only_herald: BrowserHerald):
+    h = sse_only_herald
+    token = h.mint(sub="no-web-locks")
+    settled_connections(h, lambda n: n == 0)
+    context = chromium.new_context()
+    try:
+        context.add_init_script("Object.defineProperty(Navigator.prototype, 'locks', { get: () => undefined })")
+        pages = open_dashboards(context, h, token, 2)
+        assert pages[0].evaluate("import('/static/herald.js').then((m) => m.canShare())") is False
+        assert settled_connections(h, lambda n: n == 2) == 2
+        run_one(h, pages, token)
+    finally:
+        context.close()
