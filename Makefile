@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-test
 
-.PHONY: run run-worker test lint loadtest bench bench-check clean
+.PHONY: run run-worker test soak lint loadtest bench bench-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,7 +45,12 @@ lint: $(STAMP)
 test: $(STAMP)
 	bash scripts/test-services.sh
 	$(MAKE) lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider --cov --cov-report=term
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak" --cov --cov-report=term
+
+# Minutes of reconnecting subscribers and publishers against server.py: memory must come
+# back once they are gone (tests/test_hostile_soak.py; figures in docs/performance.md).
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak -s
 
 loadtest: $(STAMP)
 	$(BIN)/python loadtests/run.py floor

@@ -31,6 +31,8 @@ ALL_SCOPES = tuple(s.value for s in Scope)
 SYMMETRIC = ("HS256", "HS384", "HS512")
 #: Verified tokens remembered at most (cleared whole when full: a cache, not a store).
 VERIFIED_CACHE = 10_000
+#: Seconds a remembered token stays without being presented (at most; at least half).
+VERIFIED_IDLE = 120.0
 ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA")
 
 
@@ -67,16 +69,26 @@ class Authenticator:
         self.algorithms = algs
         self._key: Any = secret if secret is not None else public_key
         self._secret = secret
+        #: Tokens presented since the last ``forget_idle``, and those presented in the
+        #: period before it (two generations: an idle token goes within two periods).
         self._verified: dict[str, Principal] = {}
+        self._verified_before: dict[str, Principal] = {}
+        self._forgot_at = time.monotonic()
 
     def decode(self, token: str) -> Principal:
         """Verify ``token``; raise 401 ``unauthorized`` or ``token_expired``.
 
         A verified token is remembered until its ``exp`` (keyed by the whole token,
-        signature included, so only that exact token hits): a long-poller presents
-        the same token every few seconds, and verifying a signature costs more than
-        the rest of a poll's bookkeeping."""
+        signature included, so only that exact token hits) while it keeps being
+        presented: a long-poller presents the same token every few seconds, and
+        verifying a signature costs more than the rest of a poll's bookkeeping. One
+        not presented for ``VERIFIED_IDLE`` seconds is forgotten (``forget_idle``),
+        so clients that reconnect with fresh tokens leave nothing behind."""
         cached = self._verified.get(token)
+        if cached is None:
+            cached = self._verified_before.pop(token, None)
+            if cached is not None:
+                self._verified[token] = cached
         if cached is not None:
             if cached.exp > time.time():
                 return cached
@@ -86,6 +98,15 @@ class Authenticator:
             self._verified.clear()
         self._verified[token] = principal
         return principal
+
+    def forget_idle(self, mono: float) -> None:
+        """The shared timer's call: every ``VERIFIED_IDLE / 2`` seconds, the tokens not
+        presented in the period before the last one are forgotten."""
+        if mono - self._forgot_at < VERIFIED_IDLE / 2:
+            return
+        self._forgot_at = mono
+        self._verified_before = self._verified
+        self._verified = {}
 
     def _verify(self, token: str) -> Principal:
         try:

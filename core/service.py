@@ -28,6 +28,7 @@ from core.metrics import Metrics
 from core.model import Execution, PublishItem, new_execution_id
 from core.publishing import Publisher, guard
 from core.ratelimit import PublishLimits
+from core.ratelimit import PublishLimits
 from core.sessions import Sessions
 from core.settings import Settings
 from core.sources import PageAnswers
@@ -60,6 +61,8 @@ class Core:
         self.publisher = Publisher(store, broker, self.hubs, self.metrics, self.changes, settings.max_event_bytes)
         self.sessions = Sessions(settings, authenticator, self.metrics)
         self.page_answers = PageAnswers(self.metrics)
+        #: ``--publish-rate``: one token bucket per subject, for every client publish.
+        self.publish_limits = PublishLimits(settings.publish_rate, settings.publish_burst)
         #: ``--publish-rate``: one token bucket per subject, for every client publish.
         self.publish_limits = PublishLimits(settings.publish_rate, settings.publish_burst)
         self._owners: dict[str, Execution] = {}
@@ -183,6 +186,7 @@ class Core:
             try:
                 mono = time.monotonic()
                 self.hubs.drop_idle(mono)
+                self.auth.forget_idle(mono)
                 self.sessions.tick(time.time(), mono)
                 if not self.broker.healthy and (self._store_reader is None or self._store_reader.done()):
                     # Other processes' events come from the store until the broker is back.

@@ -114,8 +114,10 @@ class WorkerSocket(HeraldSocket):
         self._report(exc, op.get("execution_id"))
 
     def _take_event(self, op: dict[str, Any]) -> None:
-        """Validate like ``POST .../events`` (strict JSON: ``Session.receive``; the
-        subject's publish rate) and queue it for this turn's publish."""
+        """Validate like ``POST .../events`` (strict JSON: ``Session.receive``) and
+        queue it for this turn's publish. A worker's events are not charged to a
+        ``--publish-rate``: it publishes only to what the dispatcher handed it, as fast
+        as its model streams (docs/security.md)."""
         execution_id = op.get("execution_id")
         if not isinstance(execution_id, str):
             raise bad_request("an event needs an 'execution_id'")
@@ -128,8 +130,6 @@ class WorkerSocket(HeraldSocket):
                 "this worker does not hold that execution",
                 {"execution_id": execution_id},
             )
-        if self.session is not None:  # the subject's --publish-rate, as for POST .../events
-            self.core.publish_limits.charge(self.session.principal.sub, 1)
         if item.event in TERMINAL_EVENTS:
             self.dispatcher.ending(self, execution_id)
         self._outbox.setdefault(execution_id, []).append(item)

@@ -49,8 +49,8 @@ class Server:
         assert self.process.process is not None
         return self.process.process.pid
 
-    def mint(self, sub: str, scopes: Any = ALL_SCOPES[:3], ttl: float = 600) -> str:
-        return self.auth.mint(sub, scopes, ttl=ttl)
+    def mint(self, sub: str, scopes: Any = ALL_SCOPES[:3], ttl: float = 600, **claims: Any) -> str:
+        return self.auth.mint(sub, scopes, ttl=ttl, **claims)
 
     def rss_mb(self) -> float:
         """The process's resident memory, MiB (``VmRSS`` in /proc)."""

@@ -132,6 +132,7 @@ class MemoryStore:
                 del log.events[:n]
                 log.first += n
                 dropped += n
+        self._sweep_tickets(time.time())  # dead tickets go with the events, not only when many
         return dropped
 
     async def changed_since(self, *, owner: str | None, since: float, limit: int = 200) -> list[Execution]:
@@ -144,10 +145,13 @@ class MemoryStore:
     # --- tickets and leases ---------------------------------------------------------------
     async def put_ticket(self, ticket: str, claims: dict[str, Any], redeem_by: float, valid_until: float) -> None:
         if len(self._tickets) > TICKETS_SWEEP_FROM:
-            now = time.time()
-            for key in [k for k, t in self._tickets.items() if t[2] <= now or (t[3] is None and t[1] < now)]:
-                del self._tickets[key]
+            self._sweep_tickets(time.time())
         self._tickets[ticket] = [claims, redeem_by, valid_until, None]
+
+    def _sweep_tickets(self, now: float) -> None:
+        """Forget tickets past their token's exp, or never redeemed in time."""
+        for key in [k for k, t in self._tickets.items() if t[2] <= now or (t[3] is None and t[1] < now)]:
+            del self._tickets[key]
 
     async def redeem_ticket(self, ticket: str, stream: str, reconnect: bool, now: float) -> dict[str, Any] | None:
         found = self._tickets.get(ticket)
