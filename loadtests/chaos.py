@@ -564,44 +564,65 @@ async def create_executions(run: Run, url: str, n: int) -> None:
         client.close()
 
 
-async def publish(run: Run, stream: Stream, urls: Callable[[], str], stop: Callable[[], bool]) -> None:
-    """Publish ``--rate`` events per second until ``stop()``, then ``complete``; every
-    event keyed and retried until acknowledged, each time to ``urls()``."""
-    period = 1.0 / run.options.rate
-    clients: dict[str, HttpClient] = {}
-    i = 0
-    next_at = now()
-    while True:
-        finishing = stop()
-        item = {"event": "complete", "data": {"result": {"events": i}}, "key": "end"}
-        if not finishing:
-            item = {"event": "token", "data": {"text": "x", "i": i}, "key": f"k{i}"}
+class Publisher:
+    """Publishes one execution at ``--rate`` events per second on schedule, however long
+    each acknowledgement takes (a publish does not wait for the one before: each is on
+    a keep-alive connection of its own from a pool), every event keyed and retried
+    until acknowledged, each try to ``urls()``; ``complete`` last, once every other
+    event is acknowledged, so the terminal seq counts them all."""
+
+    def __init__(self, run: Run, stream: Stream, urls: Callable[[], str]) -> None:
+        self.run = run
+        self.stream = stream
+        self.urls = urls
+        self.idle: dict[str, list[HttpClient]] = {}
+
+    async def run_until(self, stop: Callable[[], bool]) -> None:
+        period = 1.0 / self.run.options.rate
+        in_flight: set[asyncio.Task[None]] = set()
+        i = 0
+        next_at = now()
+        while not stop():
+            task = asyncio.ensure_future(self.publish({"event": "token", "data": {"text": "x"}, "key": f"k{i}"}))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            i += 1
+            next_at += period
+            await asyncio.sleep(max(0.0, next_at - now()))
+        await asyncio.gather(*in_flight)
+        await self.publish({"event": "complete", "data": {"result": {"events": i}}, "key": "end"}, terminal=True)
+        for clients in self.idle.values():
+            for client in clients:
+                client.close()
+
+    async def publish(self, item: dict[str, Any], terminal: bool = False) -> None:
+        run, stream = self.run, self.stream
         while True:
-            url = urls()
-            client = clients.get(url) or clients.setdefault(url, HttpClient(url, run.token("publisher")))
+            url = self.urls()
+            pool = self.idle.setdefault(url, [])
+            client = pool.pop() if pool else HttpClient(url, run.token("publisher"))
             sent = now()
             try:
                 status, answer = await client.post(f"/api/executions/{stream.id}/events", item)
             except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
                 status, answer = 0, None
+            pool.append(client)
             if status == 202:
                 seq = answer["seq"][0]
                 acked = now()
                 run.ack_latency.append((acked, acked - sent))
                 stream.acked_seqs.add(seq)
                 stream.acked = max(stream.acked, seq)
-                if finishing:
+                if terminal:
                     stream.terminal, stream.terminal_at = seq, acked
-                break
+                return
             run.publish_retries += 1
             await asyncio.sleep(0.05)
-        if finishing:
-            break
-        i += 1
-        next_at += period
-        await asyncio.sleep(max(0.0, next_at - now()))
-    for client in clients.values():
-        client.close()
+
+
+async def publish(run: Run, stream: Stream, urls: Callable[[], str], stop: Callable[[], bool]) -> None:
+    """Publish ``stream`` at ``--rate`` until ``stop()``, then ``complete``."""
+    await Publisher(run, stream, urls).run_until(stop)
 
 
 # --- the three modes ----------------------------------------------------------------------
