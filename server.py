@@ -41,6 +41,7 @@ from handlers.streams import StreamsHandler
 from transports import TRANSPORTS
 from transports.access_log import log_access
 from transports.handler import HeraldRequestHandler, StaticFiles, preflight_rule
+from transports.poll_server import PollServer
 from transports.request import STREAM_PATH, STREAMS_PATH
 from transports.websocket import HeraldSocket
 
@@ -260,8 +261,9 @@ def make_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
     """The HTTP server and its connection limits (docs/security.md): request headers
     within ``--header-timeout`` (slowloris; also how long an idle keep-alive connection
     is kept: Tornado has one timeout for both), a body within ``BODY_TIMEOUT``, and no
-    body over ``--max-body-bytes`` (API handlers answer that ``413`` themselves)."""
-    return HTTPServer(
+    body over ``--max-body-bytes`` (API handlers answer that ``413`` themselves). It
+    answers long-polls on its own lean path (``transports.poll_server``)."""
+    return PollServer(
         app,
         xheaders=False,
         idle_connection_timeout=settings.header_timeout,

@@ -25,12 +25,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tornado.web  # noqa: E402
-from tornado.httpserver import HTTPServer  # noqa: E402
 
 from core.model import Execution, PublishItem, Status  # noqa: E402
 from core.runtime import tune_gc  # noqa: E402
 from core.service import Core  # noqa: E402
 from server import build_core, make_app, parse_settings, shut_down  # noqa: E402
+from transports.poll_server import PollServer  # noqa: E402
 
 BENCH_SECRET = "herald-bench-secret-not-for-production"
 BENCH_EXECUTION = "ex_bench"
@@ -83,7 +83,7 @@ async def run(port: int, options: list[str]) -> None:
             )
         )
     app = make_app(core, [(r"/pub", PublishBody, {"core": core})])
-    server = HTTPServer(app, idle_connection_timeout=3600)
+    server = PollServer(app, idle_connection_timeout=3600)
     server.listen(port, "127.0.0.1", backlog=4096)
     if os.environ.get("HERALD_BENCH_GC") != "default":  # experiment: CPython's own thresholds
         tune_gc()

@@ -13,6 +13,13 @@ message delegate that reads the already-parsed request and writes its one answer
 header map, ETag hashing, transforms or per-request coroutine wrappers. Errors keep the
 contract's shape and the access line is the handlers' own. The dashboard feed's
 long-poll uses the same delegate with its own source.
+
+Tornado's HTTP/1 connection is still most of that cost (reading and parsing the head
+through ``IOStream`` futures, the ``HTTPServerRequest``, an epoll change per request for
+the close callback), so ``transports.poll_server.PollServer`` answers polls without it:
+it reads a poll's head itself and hands the same ``Poll`` a ``Reply`` that writes the
+answer in one ``send``. Either way a poll is this module's ``Poll``: the same
+authentication, source, session, errors, CORS headers and access line.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from email.utils import formatdate
 from typing import Any
 
@@ -64,18 +71,25 @@ log = logging.getLogger("herald.longpoll")
 PollOpener = Callable[[Core, HTTPServerRequest, Principal, dict[str, str]], Awaitable[tuple[Source, int]]]
 
 
+#: How a poll's one answer goes out: the status, the body, and the headers besides
+#: ``Content-Type``, ``Content-Length``, ``Cache-Control`` and ``Date`` (CORS, ``Retry-After``),
+#: which every way of writing it adds itself.
+Reply = Callable[[int, bytes, Sequence[Header]], None]
+
+
 class LongPollTransport:
     """A ``Transport`` for one poll: its one write is the whole answer (with the CORS
-    headers ``cors`` of the request's origin, ``transports.cors``)."""
+    headers ``cors`` of the request's origin, ``transports.cors``), through ``reply``."""
 
     name = NAME
     encoding = Encoding.PAGE
     heartbeat = Heartbeat.NONE
-    __slots__ = ("request", "cors", "gone", "answered", "subject")
+    __slots__ = ("request", "cors", "reply", "gone", "answered", "subject")
 
-    def __init__(self, request: HTTPServerRequest, cors: list[Header]) -> None:
+    def __init__(self, request: HTTPServerRequest, cors: list[Header], reply: Reply) -> None:
         self.request = request
         self.cors = cors
+        self.reply = reply
         self.gone = False
         self.answered = False
         #: The token subject, once authenticated (for the access line).
@@ -100,50 +114,37 @@ class LongPollTransport:
         self.respond(error.status, dumps(error.to_dict()).encode(), retry_after(error))
 
     def respond(self, status: int, body: bytes, retry: str | None) -> None:
-        connection = self.request.connection
-        if self.gone or self.answered or connection is None:
+        if self.gone or self.answered:
             return
         self.answered = True
-        headers = HTTPHeaders()
-        headers["Content-Type"] = CONTENT_TYPE
-        headers["Content-Length"] = str(len(body))
-        headers["Cache-Control"] = "no-store"
-        headers["Date"] = http_date()
-        if retry is not None:
-            headers["Retry-After"] = retry
-        for name, value in self.cors:
-            headers[name] = value
-        start = ResponseStartLine("HTTP/1.1", status, responses.get(status, "Unknown"))
-        connection.write_headers(start, headers, body)
-        connection.finish()
+        self.reply(status, body, self.cors if retry is None else [*self.cors, ("Retry-After", retry)])
         log_access(status, self.request, NAME.value, self.subject)
 
 
-class PollRequest(HTTPMessageDelegate):
-    """One poll: authenticate, open the route's source, hold it in a Session, answer."""
+class Poll:
+    """One poll, whichever HTTP path read it: authenticate, open the route's source,
+    hold it in a Session, answer through the transport's ``reply``."""
 
-    def __init__(self, core: Core, request: HTTPServerRequest, opener: PollOpener, path: dict[str, str]) -> None:
+    __slots__ = ("core", "request", "opener", "path", "transport", "session", "_task")
+
+    def __init__(
+        self, core: Core, request: HTTPServerRequest, opener: PollOpener, path: dict[str, str], reply: Reply
+    ) -> None:
         self.core = core
         self.request = request
         self.opener = opener
         self.path = path
         origin = request.headers.get("Origin")
-        self.transport = LongPollTransport(request, answer_headers(origin, request.path, core.settings))
+        self.transport = LongPollTransport(request, answer_headers(origin, request.path, core.settings), reply)
         self.session: Session | None = None
         self._task: asyncio.Task[None] | None = None  # held here: the loop keeps tasks weakly
 
-    def headers_received(self, start_line: Any, headers: HTTPHeaders) -> None:
-        return None  # the router already holds the parsed request
-
-    def data_received(self, chunk: bytes) -> None:
-        return None  # a GET's body, if any, means nothing here
-
-    def finish(self) -> None:
+    def start(self) -> None:
         """The request is read: serve it."""
-        self.request.connection.set_close_callback(self.on_connection_close)  # type: ignore[union-attr]
         self._task = asyncio.ensure_future(self._serve())
 
-    def on_connection_close(self) -> None:
+    def client_gone(self) -> None:
+        """The client closed its connection: nothing is answered."""
         self.transport.gone = True
         if self.session is not None:
             self.session.close(CLIENT_GONE)
@@ -167,6 +168,41 @@ class PollRequest(HTTPMessageDelegate):
         if self.transport.gone:
             self.session.close(CLIENT_GONE)
         await self.session.run(source)
+
+
+class PollRequest(HTTPMessageDelegate):
+    """A poll read by Tornado's HTTP/1 connection (the ``LongPollRouter``'s delegate),
+    answered through it."""
+
+    def __init__(self, core: Core, request: HTTPServerRequest, opener: PollOpener, path: dict[str, str]) -> None:
+        self.request = request
+        self.poll = Poll(core, request, opener, path, self.reply)
+
+    def headers_received(self, start_line: Any, headers: HTTPHeaders) -> None:
+        return None  # the router already holds the parsed request
+
+    def data_received(self, chunk: bytes) -> None:
+        return None  # a GET's body, if any, means nothing here
+
+    def finish(self) -> None:
+        """The request is read: serve it."""
+        self.request.connection.set_close_callback(self.poll.client_gone)  # type: ignore[union-attr]
+        self.poll.start()
+
+    def reply(self, status: int, body: bytes, extra: Sequence[Header]) -> None:
+        connection = self.request.connection
+        if connection is None:
+            return
+        headers = HTTPHeaders()
+        headers["Content-Type"] = CONTENT_TYPE
+        headers["Content-Length"] = str(len(body))
+        headers["Cache-Control"] = "no-store"
+        headers["Date"] = http_date()
+        for name, value in extra:
+            headers[name] = value
+        start = ResponseStartLine("HTTP/1.1", status, responses.get(status, "Unknown"))
+        connection.write_headers(start, headers, body)
+        connection.finish()
 
 
 async def open_execution_page(

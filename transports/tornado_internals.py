@@ -1,27 +1,34 @@
 """Everything in Herald that touches Tornado's private internals, in one file.
 
-Three reasons. Two are measured (docs/performance.md): a fan-out writes the same bytes
+Four reasons. Three are measured (docs/performance.md): a fan-out writes the same bytes
 to thousands of sockets, and Tornado's public write path costs a Future, a buffer
 append and a callback per write (``FastWriter`` sends straight to the socket when
-nothing is queued); and a held connection keeps Tornado's request objects for hours,
+nothing is queued); a held connection keeps Tornado's request objects for hours,
 of which the header maps and parsed query (a token in it, too) can go once they were
-read (``shed_handshake``, ``shed_arguments``). The third is RFC 6455: Tornado's server
-handles a client's unmasked frames, which the RFC says must close the connection
-(``ClientFramesMasked``). If a Tornado upgrade moves any of these attributes, this is
-the file to read.
+read (``shed_handshake``, ``shed_arguments``); and a long-poll is one whole request per
+answer, which Tornado's HTTP/1 connection makes cost more than the rest of the poll, so
+``transports.poll_server`` reads polls itself and lends every other request's socket to
+Tornado and takes it back (``lend_to_tornado``, ``LendingConnection``). The fourth is
+RFC 6455: Tornado's server handles a client's unmasked frames, which the RFC says must
+close the connection (``ClientFramesMasked``). If a Tornado upgrade moves any of these
+attributes, this is the file to read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 import tornado.web
 import tornado.websocket
-from tornado.httputil import HTTPHeaders, HTTPServerRequest
-from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
+from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
+from tornado.httpserver import HTTPServer, _HTTPRequestContext
+from tornado.httputil import HTTPHeaders, HTTPServerConnectionDelegate, HTTPServerRequest
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError, UnsatisfiableReadError
+from tornado.log import gen_log
 
 from core.closecodes import CloseCode
 
@@ -185,3 +192,65 @@ def masked_frames_protocol(
     if not isinstance(protocol, tornado.websocket.WebSocketProtocol13):
         return protocol
     return ClientFramesMasked(handler, False, protocol.params)
+
+
+#: What takes a socket back from Tornado between two requests (the address is the peer's).
+GiveBack = Callable[[socket.socket, Any], None]
+
+
+def lend_to_tornado(server: HTTPServer, sock: socket.socket, address: Any, give_back: GiveBack) -> None:
+    """Serve the requests waiting on ``sock`` with Tornado (``server``'s application, its
+    timeouts and limits), as its own accept path would (``HTTPServer.handle_stream``,
+    with the private request context that gives the request its ``remote_ip``), until
+    ``LendingConnection`` gives the socket back. Nothing was read from ``sock``: Tornado
+    reads the request from its first byte."""
+    stream = IOStream(sock, max_buffer_size=server.max_buffer_size, read_chunk_size=server.read_chunk_size)
+    context = _HTTPRequestContext(stream, address, server.protocol, server.trusted_downstream)
+    connection = LendingConnection(stream, server.conn_params, context, give_back)
+    server._connections.add(connection)  # noqa: SLF001 - as handle_stream; close_all_connections reads it
+    connection.start_serving(server)
+
+
+class LendingConnection(HTTP1ServerConnection):
+    """Tornado's HTTP/1 server connection (its request loop, copied from Tornado 6.5),
+    giving its socket back after a request once nothing more was read and nothing is
+    left to write: the next request (a long-poll, usually) may not be Tornado's. A
+    connection that ends, is upgraded (WebSocket) or has a pipelined request waiting
+    stays with Tornado as before."""
+
+    def __init__(self, stream: IOStream, params: Any, context: Any, give_back: GiveBack) -> None:
+        super().__init__(stream, params, context)
+        self.give_back = give_back
+
+    async def _server_request_loop(self, delegate: HTTPServerConnectionDelegate) -> None:
+        try:
+            while True:
+                conn = HTTP1Connection(self.stream, False, self.params, self.context)
+                request_delegate = delegate.start_request(self, conn)
+                try:
+                    ret = await conn.read_response(request_delegate)
+                except (StreamClosedError, UnsatisfiableReadError, asyncio.CancelledError):
+                    return
+                except Exception:
+                    gen_log.error("Uncaught exception", exc_info=True)
+                    conn.close()
+                    return
+                if not ret:
+                    return
+                stream = self.stream
+                if not stream.closed() and not stream.writing() and not stream._read_buffer_size:  # noqa: SLF001
+                    self.give_back(_detach(stream), self.context.address)  # type: ignore[attr-defined]
+                    return
+                await asyncio.sleep(0)
+        finally:
+            delegate.on_close(self)
+
+
+def _detach(stream: IOStream) -> socket.socket:
+    """Take a socket from an idle IOStream: its handler leaves the loop (any event of it
+    already queued is cancelled with it), and the stream is never used again."""
+    sock = stream.socket
+    if stream._state is not None:  # noqa: SLF001 - registered with the loop
+        stream.io_loop.remove_handler(sock)
+        stream._state = None  # noqa: SLF001
+    return sock
