@@ -475,7 +475,7 @@ async def store_then_expire(core: Core, execution_id: str, old: int, new: int) -
     cutoff = time.time()
     await asyncio.sleep(0.01)
     kept = await append(core, execution_id, new)
-    await core.store.prune(cutoff)
+    await core.prune(cutoff)
     assert await core.store.events_after(execution_id, 0, 1000) == kept
 
 
@@ -502,7 +502,7 @@ def test_every_event_after_the_cursor_dropped_gives_a_reset() -> None:
         core = make_core(MemoryStore())
         execution, _ = await new_execution(core, tokens=3)  # 1..4
         await asyncio.sleep(0.01)
-        assert await core.store.prune(time.time()) == 4
+        assert await core.prune(time.time()) == 4
         sink = RecordingSink()
         sub = await follow(core, execution.id, 2, sink)
         assert sink.calls == ["reset"] and sink.resets[0].last_seq == 4
@@ -516,7 +516,7 @@ def test_a_cursor_at_the_head_of_a_pruned_log_gets_no_reset() -> None:
         core = make_core(MemoryStore())
         execution, _ = await new_execution(core, tokens=3)  # 1..4
         await asyncio.sleep(0.01)
-        await core.store.prune(time.time())
+        await core.prune(time.time())
         sink = RecordingSink()
         sub = await follow(core, execution.id, 4, sink)
         assert sink.calls == [] and sub.live
@@ -548,7 +548,7 @@ def test_a_reset_to_a_finished_execution_ends_the_stream() -> None:
         execution, _ = await new_execution(core, tokens=2)
         await core.publish(execution.id, [PublishItem("complete", {"result": 1})])  # 4
         await asyncio.sleep(0.01)
-        await core.store.prune(time.time())
+        await core.prune(time.time())
         sink = RecordingSink()
         sub = await follow(core, execution.id, 1, sink)
         assert sink.calls == ["reset", "end"]
