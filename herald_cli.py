@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import inspect
 import logging
@@ -137,10 +138,8 @@ def run_worker(worker: Worker, args: argparse.Namespace) -> None:
         "capacity": args.capacity or worker.capacity,
     }
     runner = serve_http if args.http else serve
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(runner(worker, args.url, token, **options))
-    except KeyboardInterrupt:
-        pass
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -194,7 +194,7 @@ class StreamsFollower:
                 fetch.cancel()
         response = fetch.result() if fetch.done() and not fetch.cancelled() else None
         if response is not None and response.code != 200:
-            response._body = b"".join(error_body)  # so _error_code can read it
+            response._body = b"".join(error_body)  # noqa: SLF001 - a streamed error body, for _error_code
             raise HTTPClientError(response.code, response=response)
         raise _Reconnect
 

@@ -76,7 +76,7 @@ class ChangeChannel:
         self._on_changes([change])  # this process's observers, whatever the broker's health
         try:
             await self.broker.publish(CHANNEL, [change])
-        except Exception:  # noqa: BLE001 - other processes' sweeps find what they missed
+        except Exception:
             log.exception("broker publish failed for the change channel")
 
     def _on_changes(self, changes: list[Event]) -> None:

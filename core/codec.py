@@ -44,7 +44,7 @@ def http_chunk(data: bytes) -> bytes:
 class Encoded:
     """An event and its encodings; each built at most once."""
 
-    __slots__ = ("event", "seq", "json", "_ws", "_sse", "_sse_chunk", "_bytes")
+    __slots__ = ("_bytes", "_sse", "_sse_chunk", "_ws", "event", "json", "seq")
 
     def __init__(self, event: Event) -> None:
         self.event = event
@@ -132,7 +132,7 @@ class EncodedCache:
     ``capacity`` (each is an event, its JSON, and whichever frames were built).
     """
 
-    __slots__ = ("capacity", "_entries")
+    __slots__ = ("_entries", "capacity")
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity

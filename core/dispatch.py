@@ -112,6 +112,7 @@ class Dispatcher:
         #: Executions handed out over HTTP claim: id → (queue, worker name).
         self._claimed: dict[str, tuple[str, str]] = {}
         self._pumping: set[str] = set()
+        self._pumps: set[asyncio.Task[None]] = set()
         self._again: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._renewed = 0.0
@@ -291,7 +292,9 @@ class Dispatcher:
         if not self._links.get(queue) and not self._waiters.get(queue):
             return
         self._pumping.add(queue)
-        asyncio.ensure_future(self._pump(queue))
+        pump = asyncio.ensure_future(self._pump(queue))
+        self._pumps.add(pump)  # held: the loop keeps tasks weakly
+        pump.add_done_callback(self._pumps.discard)
 
     async def _pump(self, queue: str) -> None:
         try:
@@ -301,7 +304,7 @@ class Dispatcher:
                     name = taker.name
                     try:
                         execution = await self.core.store.claim_pending(queue, name, time.time())
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001 - the next wake or sweep tries again
                         log.warning("claiming from queue %s failed: %s", queue, exc)
                         return
                     if execution is None:
@@ -373,7 +376,7 @@ class Dispatcher:
             await asyncio.sleep(interval)
             try:
                 await self.sweep(time.time())
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
                 log.warning("dispatch sweep failed: %s", exc)
 
     async def sweep(self, now: float) -> None:

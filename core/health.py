@@ -23,6 +23,7 @@ not ``sum``. ``herald_queue_depth`` is the store's count, also the same everywhe
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import platform
@@ -173,9 +174,10 @@ def read_sample(
                 slow += s.value
             elif s.name == "herald_connections_refused_total":
                 refused += s.value
-            elif s.name in ("herald_events_published_total", "herald_events_delivered_total"):
-                values[s.name] = values.get(s.name, 0.0) + s.value
-            elif s.name == "herald_publish_refused_total":
+            elif (
+                s.name in ("herald_events_published_total", "herald_events_delivered_total")
+                or s.name == "herald_publish_refused_total"
+            ):
                 values[s.name] = values.get(s.name, 0.0) + s.value
     return Sample(
         process=process,
@@ -380,7 +382,7 @@ class HealthProbe:
             )
         }
         points = list(self.totals)
-        for (t0, before), (t1, after) in zip(points, points[1:], strict=False):
+        for (t0, before), (t1, after) in itertools.pairwise(points):
             figures = step(before, after, t1 - t0)
             series["t"].append(round(t1, 3))
             for name, value in figures.items():

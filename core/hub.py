@@ -53,15 +53,15 @@ class Hub:
     """
 
     __slots__ = (
-        "hubs",
-        "execution_id",
-        "subs",
-        "born",
-        "_pending",
-        "_unsorted",
-        "_timer",
-        "_window_until",
         "_last_start",
+        "_pending",
+        "_timer",
+        "_unsorted",
+        "_window_until",
+        "born",
+        "execution_id",
+        "hubs",
+        "subs",
     )
 
     def __init__(self, hubs: Hubs, execution_id: str) -> None:

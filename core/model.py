@@ -8,9 +8,9 @@ server-made ``status`` event, idempotency keys, terminal events closing the stre
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum

@@ -72,7 +72,7 @@ class StreamLeg:
     """One execution's share of a multiplexed stream: the ``Sink`` of its
     ``Subscription``, writing through the connection's session."""
 
-    __slots__ = ("owner", "session", "execution", "transport_name", "writer", "subscription")
+    __slots__ = ("execution", "owner", "session", "subscription", "transport_name", "writer")
 
     def __init__(self, owner: MultiStream, session: Session, execution: Execution) -> None:
         self.owner = owner
@@ -255,7 +255,7 @@ class PageLeg:
 
     transport_name = TransportName.LONGPOLL.value
     writer: DirectWriter | None = None
-    __slots__ = ("page", "execution", "after", "events", "reset", "ended", "subscription")
+    __slots__ = ("after", "ended", "events", "execution", "page", "reset", "subscription")
 
     def __init__(self, page: MultiPage, execution: Execution, after: int) -> None:
         self.page = page

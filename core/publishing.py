@@ -42,11 +42,13 @@ async def guard(awaitable: Awaitable[T]) -> T:
 class _AppendQueue:
     """Publishes to one execution waiting for the one append in flight."""
 
-    __slots__ = ("waiting", "busy")
+    __slots__ = ("busy", "task", "waiting")
 
     def __init__(self) -> None:
         self.waiting: list[tuple[list[PublishItem], asyncio.Future[list[int]]]] = []
         self.busy = False
+        #: The append loop, held here (the event loop keeps tasks weakly).
+        self.task: asyncio.Task[None] | None = None
 
 
 class Publisher:
@@ -98,7 +100,7 @@ class Publisher:
         queue.waiting.append((items, future))
         if not queue.busy:
             queue.busy = True
-            asyncio.ensure_future(self._drain(execution_id, queue))
+            queue.task = asyncio.ensure_future(self._drain(execution_id, queue))
         return await future
 
     @property
@@ -158,7 +160,7 @@ class Publisher:
         self.hubs.deliver(execution.id, events)
         try:
             await self.broker.publish(execution.id, events)
-        except Exception:  # noqa: BLE001 - the events are stored: other processes read them from the store
+        except Exception:
             log.exception("broker publish failed for %s", execution.id)
         if self.changes.moves(events):
             await self.changes.announce(execution, events[-1])

@@ -28,7 +28,6 @@ from core.metrics import Metrics
 from core.model import Execution, PublishItem, new_execution_id
 from core.publishing import Publisher, guard
 from core.ratelimit import PublishLimits
-from core.ratelimit import PublishLimits
 from core.sessions import Sessions
 from core.settings import Settings
 from core.sources import PageAnswers
@@ -61,8 +60,6 @@ class Core:
         self.publisher = Publisher(store, broker, self.hubs, self.metrics, self.changes, settings.max_event_bytes)
         self.sessions = Sessions(settings, authenticator, self.metrics)
         self.page_answers = PageAnswers(self.metrics)
-        #: ``--publish-rate``: one token bucket per subject, for every client publish.
-        self.publish_limits = PublishLimits(settings.publish_rate, settings.publish_burst)
         #: ``--publish-rate``: one token bucket per subject, for every client publish.
         self.publish_limits = PublishLimits(settings.publish_rate, settings.publish_burst)
         self._owners: dict[str, Execution] = {}

@@ -85,22 +85,22 @@ class Session:
     """One open connection: its limits, clocks, source and one exit path."""
 
     __slots__ = (
-        "sessions",
-        "transport",
-        "transport_name",
-        "encoding",
-        "write",
-        "writer",
-        "principal",
-        "expires_at",
-        "deadline",
-        "refresh_scope",
-        "source",
-        "ops",
-        "_last_heard",
         "_closed",
         "_disconnect",
         "_done",
+        "_last_heard",
+        "deadline",
+        "encoding",
+        "expires_at",
+        "ops",
+        "principal",
+        "refresh_scope",
+        "sessions",
+        "source",
+        "transport",
+        "transport_name",
+        "write",
+        "writer",
     )
 
     def __init__(
@@ -159,7 +159,7 @@ class Session:
             try:
                 if self.source is not None:
                     await self.source.finish(disconnect)
-            except Exception:  # noqa: BLE001 - its last words failed; the connection still ends cleanly
+            except Exception:
                 log.exception("ending a %s connection failed", self.transport_name.value)
             finally:
                 self.transport.close(disconnect)

@@ -89,28 +89,25 @@ def next_run(last: int, events: Iterable[Encoded]) -> tuple[list[Encoded], list[
 
 def is_next_run(last: int, batch: list[Encoded]) -> bool:
     """Whether ``batch`` is exactly seqs ``last + 1 .. last + len(batch)`` in order."""
-    for i, event in enumerate(batch, start=last + 1):
-        if event.seq != i:
-            return False
-    return True
+    return all(event.seq == i for i, event in enumerate(batch, start=last + 1))
 
 
 class Subscription:
     """One client's position in one execution's stream."""
 
     __slots__ = (
+        "_catching",
+        "_closed",
+        "_hub",
+        "_known_last",
+        "_pending",
+        "_task",
         "core",
         "execution_id",
         "last",
+        "limit",
         "sink",
         "writer",
-        "limit",
-        "_catching",
-        "_pending",
-        "_hub",
-        "_closed",
-        "_task",
-        "_known_last",
     )
 
     def __init__(self, core: Core, execution_id: str, after: int, sink: Sink, limit: int = CATCH_UP_PAGE):

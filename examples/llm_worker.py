@@ -21,8 +21,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from examples.common import run_cli  # noqa: E402
-from worker import Emit, Worker  # noqa: E402
+from examples.common import run_cli
+from worker import Emit, Worker
 
 #: Sentence shapes the answer is built from; ``{topic}`` is the question's subject.
 SENTENCES = (

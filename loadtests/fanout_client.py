@@ -51,7 +51,7 @@ LAT_TS: list[int] = []
 
 
 class Conn:
-    __slots__ = ("sock", "head", "pend", "sampled", "buf", "after", "path")
+    __slots__ = ("after", "buf", "head", "path", "pend", "sampled", "sock")
 
 
 def consume(c, data: bytes) -> None:
@@ -60,12 +60,11 @@ def consume(c, data: bytes) -> None:
         buf = c.pend + data
         t = now_us()
         end = k = 0
-        for m in MARK.finditer(buf):
+        for k, m in enumerate(MARK.finditer(buf), start=1):  # noqa: B007 - k counts the marks after the loop
             ts = int(m.group(1))
             LAT.append(t - ts)
             LAT_TS.append(ts)
             end = m.end()
-            k += 1
         c.pend = buf[max(end, len(buf) - 17) :]
     else:
         if c.pend:
@@ -145,10 +144,7 @@ def run(a) -> None:
     ok = b" 101" if a.kind == "ws" else b" 200"
     pending = 0
     path = a.path.encode()
-    if a.kind == "lp" and a.flavor == "herald":
-        start_after = a.after
-    else:
-        start_after = -1 if a.kind == "lp" else 0
+    start_after = a.after if a.kind == "lp" and a.flavor == "herald" else -1 if a.kind == "lp" else 0
 
     def drop(fd: int, c: Conn) -> None:
         ep.unregister(fd)

@@ -24,13 +24,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tornado.web  # noqa: E402
+import tornado.web
 
-from core.model import Execution, PublishItem, Status  # noqa: E402
-from core.runtime import tune_gc  # noqa: E402
-from core.service import Core  # noqa: E402
-from server import build_core, make_app, parse_settings, shut_down  # noqa: E402
-from transports.poll_server import PollServer  # noqa: E402
+from core.model import Execution, PublishItem, Status
+from core.runtime import tune_gc
+from core.service import Core
+from server import build_core, make_app, parse_settings, shut_down
+from transports.poll_server import PollServer
 
 BENCH_SECRET = "herald-bench-secret-not-for-production"
 BENCH_EXECUTION = "ex_bench"

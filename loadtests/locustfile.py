@@ -106,7 +106,7 @@ class WebSocketFollower(Follower):
                 timeout=30,
                 skip_utf8_validation=True,
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed request in Locust's report
             self.report("connect", (time.time() - t0) * 1000, error=exc)
             time.sleep(1)
             return
@@ -124,7 +124,7 @@ class WebSocketFollower(Follower):
                 message = json.loads(frame)
                 if "seq" in message:
                     self.delivered(message, len(frame))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed request in Locust's report
             self.report("stream", 0, error=exc)
         finally:
             ws.close()
@@ -161,7 +161,7 @@ class SseFollower(Follower):
                             ready = True
                             self.report("connect", (time.time() - t0) * 1000)
                 raise ConnectionError("the event stream ended")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed request in Locust's report
             self.report("stream", (time.time() - t0) * 1000, error=exc)
             time.sleep(0.5)
 
@@ -187,7 +187,7 @@ class LongPoller(Follower):
             )
             r.raise_for_status()
             page = r.json()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed request in Locust's report
             self.report("poll", (time.time() - t0) * 1000, error=exc)
             time.sleep(0.5)
             return

@@ -18,6 +18,7 @@ Everything runs on 127.0.0.1 and is bounded: the preset's duration, then stop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -248,10 +249,8 @@ def run(name: str, extra: list[str]) -> int:
         while locust.poll() is None and time.time() < deadline:
             time.sleep(1)
             rss = max(rss, proc_rss_mb(server.pid))
-            try:
+            with contextlib.suppress(OSError):
                 peak = max(peak, open_streams(base))
-            except OSError:
-                pass
         if locust.poll() is None:
             stop(locust)
             raise SystemExit("Locust did not finish in time")

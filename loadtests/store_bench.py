@@ -21,15 +21,15 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.auth import Authenticator  # noqa: E402
-from core.broker.local import LocalBroker  # noqa: E402
-from core.codec import Encoded  # noqa: E402
-from core.model import Execution, PublishItem  # noqa: E402
-from core.settings import Settings  # noqa: E402
-from core.store.base import Store  # noqa: E402
-from core.store.memory import MemoryStore  # noqa: E402
-from core.store.mongo import MongoStore  # noqa: E402
-from core.service import Core  # noqa: E402
+from core.auth import Authenticator
+from core.broker.local import LocalBroker
+from core.codec import Encoded
+from core.model import Execution, PublishItem
+from core.service import Core
+from core.settings import Settings
+from core.store.base import Store
+from core.store.memory import MemoryStore
+from core.store.mongo import MongoStore
 
 ITEM = PublishItem("token", {"text": "lorem ipsum "})
 

@@ -23,12 +23,12 @@ from urllib.parse import urlencode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tornado.httpclient import HTTPRequest  # noqa: E402
-from tornado.websocket import websocket_connect  # noqa: E402
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
 
-from client import HeraldClient  # noqa: E402
-from core.auth import Authenticator  # noqa: E402
-from tests.services import HeraldProcess  # noqa: E402
+from client import HeraldClient
+from core.auth import Authenticator
+from tests.services import HeraldProcess
 
 TRANSPORTS = ("websocket", "sse", "longpoll")
 

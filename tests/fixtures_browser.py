@@ -133,7 +133,8 @@ class Nginx:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError("nginx exited: " + open(os.path.join(self.prefix, "error.log")).read())
+                with open(os.path.join(self.prefix, "error.log")) as log:
+                    raise RuntimeError("nginx exited: " + log.read())
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return

@@ -112,7 +112,7 @@ class SecantusServer(ChildProcess):
         try:
             client.admin.command("ping")
             return True
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means "not answering yet"
             return False
         finally:
             client.close()

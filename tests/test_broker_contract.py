@@ -16,7 +16,7 @@ def _events(n: int, start: int = 1) -> list[Event]:
 
 
 def test_redis_encoding_round_trips() -> None:
-    events = _events(3) + [Event("ex_a", 4, "complete", {"result": [1, {"x": None}]}, 1.5, "k")]
+    events = [*_events(3), Event("ex_a", 4, "complete", {"result": [1, {"x": None}]}, 1.5, "k")]
     assert decode_events(encode_events(events, "p1")) == ("p1", events)
 
 

@@ -51,7 +51,7 @@ class PageServer:
         pages = self.pages
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 if self.path == "/favicon.ico":  # asked by every page; a 404 would be a console error
                     self.send_response(204)
                     self.end_headers()

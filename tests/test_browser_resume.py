@@ -12,6 +12,7 @@ same reason. Bounds are loose: the machine is a loaded 2-core VM."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -143,25 +144,19 @@ def _recv(s: socket.socket) -> bytes:
 
 
 def _send(s: socket.socket, data: bytes) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the other side is gone; its reader ends the pair
         s.sendall(data)
-    except OSError:
-        pass  # the other side is gone; its reader ends the pair
 
 
 def _shutdown_write(s: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         s.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
 
 
 def _close(s: socket.socket) -> None:
     """Closes and wakes a thread blocked in recv on it (close alone does not, on Linux)."""
-    try:
+    with contextlib.suppress(OSError):
         s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     s.close()
 
 

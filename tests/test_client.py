@@ -46,9 +46,9 @@ def test_one_client_follows_more_streams_than_tornados_default_limit(herald_run)
             assert got == [1]
 
     # Tornado's own default (10 at a time), not the test fixtures' raised limit.
-    saved = AsyncHTTPClient._save_configuration()
+    saved = AsyncHTTPClient._save_configuration()  # noqa: SLF001 - Tornado's only way to restore it
     AsyncHTTPClient.configure(None)
     try:
         herald_run(scenario)
     finally:
-        AsyncHTTPClient._restore_configuration(saved)
+        AsyncHTTPClient._restore_configuration(saved)  # noqa: SLF001 - see above

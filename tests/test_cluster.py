@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import time
@@ -109,7 +110,7 @@ def assert_exactly_once_in_order(seen: list[int], last: int) -> None:
 
 def _describe(seen: list[int], last: int) -> str:
     dups = len(seen) - len(set(seen))
-    disorder = sum(1 for a, b in zip(seen, seen[1:], strict=False) if b <= a)
+    disorder = sum(1 for a, b in itertools.pairwise(seen) if b <= a)
     return f"{len(seen)} seen for {last}: {dups} duplicates, {disorder} out of order, first bad at {_first_bad(seen)}"
 
 

@@ -21,8 +21,8 @@ from core.codec import (
     page_json,
     ws_frame,
 )
-from core.transport import Encoding
 from core.model import Event
+from core.transport import Encoding
 
 
 def parse_frame(frame: bytes) -> tuple[int, bool, bytes]:
@@ -114,7 +114,7 @@ def test_events_are_framed_once_per_encoding():
 
 
 def test_ws_ping_is_an_empty_final_ping_frame():
-    assert WS_PING == bytes((0x89, 0x00))
+    assert bytes((0x89, 0x00)) == WS_PING
 
 
 def test_terminal_flag():

@@ -440,31 +440,33 @@ def test_one_subject_cannot_take_every_connection(server: Server) -> None:
     async def scenario() -> None:
         headers = {"Authorization": f"Bearer {token}"}
         held = [await connect(server.ws_url + events, additional_headers=headers) for _ in range(2)]
-        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=20) as http:
-            async with http.stream("GET", events, headers={"Accept": "text/event-stream"}) as sse:
-                assert sse.status_code == 200
-                poll = asyncio.ensure_future(http.get(events, params={"wait": 8}))
-                await asyncio.sleep(0.5)  # four open: two WebSockets, an SSE, a held poll
-                answer = await http.get(events, headers={"Accept": "text/event-stream"})
-                assert answer.status_code == 429 and error_of(answer)["code"] == "too_many_connections"
-                assert int(answer.headers["Retry-After"]) >= 1
-                answer = await http.get(events, params={"wait": 1})
-                assert answer.status_code == 429 and "Retry-After" in answer.headers
-                async with connect(server.ws_url + events, additional_headers=headers) as refused:
-                    error = json.loads(await refused.recv())
-                    assert error["control"] == "error" and error["code"] == "too_many_connections"
-                    with pytest.raises(websockets.ConnectionClosed):
-                        await refused.recv()
-                    assert refused.close_code == 4429
-                # Another subject is not affected.
-                other = server.mint("modest")
-                mine = server.create(other)["id"]
-                async with connect(
-                    f"{server.ws_url}/api/executions/{mine}/events",
-                    additional_headers={"Authorization": f"Bearer {other}"},
-                ) as fine:
-                    assert json.loads(await fine.recv())["control"] == "ready"
-                poll.cancel()
+        async with (
+            httpx.AsyncClient(base_url=server.url, headers=headers, timeout=20) as http,
+            http.stream("GET", events, headers={"Accept": "text/event-stream"}) as sse,
+        ):
+            assert sse.status_code == 200
+            poll = asyncio.ensure_future(http.get(events, params={"wait": 8}))
+            await asyncio.sleep(0.5)  # four open: two WebSockets, an SSE, a held poll
+            answer = await http.get(events, headers={"Accept": "text/event-stream"})
+            assert answer.status_code == 429 and error_of(answer)["code"] == "too_many_connections"
+            assert int(answer.headers["Retry-After"]) >= 1
+            answer = await http.get(events, params={"wait": 1})
+            assert answer.status_code == 429 and "Retry-After" in answer.headers
+            async with connect(server.ws_url + events, additional_headers=headers) as refused:
+                error = json.loads(await refused.recv())
+                assert error["control"] == "error" and error["code"] == "too_many_connections"
+                with pytest.raises(websockets.ConnectionClosed):
+                    await refused.recv()
+                assert refused.close_code == 4429
+            # Another subject is not affected.
+            other = server.mint("modest")
+            mine = server.create(other)["id"]
+            async with connect(
+                f"{server.ws_url}/api/executions/{mine}/events",
+                additional_headers={"Authorization": f"Bearer {other}"},
+            ) as fine:
+                assert json.loads(await fine.recv())["control"] == "ready"
+            poll.cancel()
         # One released, one admitted again.
         await held[0].close()
         await asyncio.sleep(0.5)

@@ -278,8 +278,8 @@ def test_herald_killed_and_restarted_loses_nothing_acknowledged(durable_secantus
                 text = f"w{worker}-{i}"
                 try:
                     response = await api.publish(execution_id, tokens(text), timeout=5)
-                except Exception:
-                    return  # the server died under us: not acknowledged
+                except Exception:  # noqa: BLE001 - the server died under us: not acknowledged
+                    return
                 if response.code != 202:
                     return
                 acknowledged[json.loads(response.body)["seq"][0]] = text
@@ -291,7 +291,7 @@ def test_herald_killed_and_restarted_loses_nothing_acknowledged(durable_secantus
                 ws = await api.websocket(execution_id)
                 while True:
                     reader_cursor = (await ws_event(ws, timeout=30))["seq"]
-            except Exception:
+            except Exception:  # noqa: BLE001 - the server was killed: the reader stops where it was
                 return
 
         tasks = [asyncio.ensure_future(publisher(w)) for w in range(4)] + [asyncio.ensure_future(reader())]

@@ -61,7 +61,7 @@ class Prometheus:
         self.config = os.path.join(self.dir, "prometheus.yml")
         with open(self.config, "w") as fh:
             json.dump(config, fh)  # JSON is YAML
-        self.log = open(os.path.join(self.dir, "prometheus.log"), "wb")
+        self.log = open(os.path.join(self.dir, "prometheus.log"), "wb")  # noqa: SIM115 - open while it runs
         self.process = subprocess.Popen(
             [
                 tool("prometheus"),

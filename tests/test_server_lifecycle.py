@@ -64,9 +64,7 @@ def test_sigterm_closes_websocket_with_1001_and_ends_sse() -> None:
             msg = await ws.read_message()
             if msg is not None and '"seq"' in msg:
                 seen.append(msg)
-        sse_done = asyncio.get_running_loop().create_future()
-
-        async def sse() -> None:
+        async def sse() -> bool:
             def chunk(_: bytes) -> None:
                 pass
 
@@ -79,14 +77,14 @@ def test_sigterm_closes_websocket_with_1001_and_ends_sse() -> None:
                 ),
                 raise_error=False,
             )
-            sse_done.set_result(True)
+            return True
 
-        asyncio.ensure_future(sse())
+        reading = asyncio.ensure_future(sse())
         await asyncio.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         while await ws.read_message() is not None:
             pass
-        ended = await asyncio.wait_for(sse_done, 5)
+        ended = await asyncio.wait_for(reading, 5)
         return ws.close_code, ws.close_reason, [len(seen)], ended
 
     try:

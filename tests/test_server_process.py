@@ -98,7 +98,7 @@ def test_options_on_the_command_line():
         wait_until_serving(p, port)
         exercise(port, token())
         assert call(f"http://127.0.0.1:{port}/api/executions", token(secret="not-the-secret-" + "y" * 40))[0] == 401
-        status, negotiate = call(f"http://127.0.0.1:{port}/api/negotiate")
+        _status, negotiate = call(f"http://127.0.0.1:{port}/api/negotiate")
         assert negotiate["transports"] == ["sse", "longpoll"] and negotiate["heartbeat"] == 2
 
 

@@ -13,6 +13,7 @@ nothing is skipped. An outage is logged once when it starts and once when it end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -72,10 +73,8 @@ class RedisBroker:
             if task is not None:
                 task.cancel()
         if self._pubsub is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a connection that may be broken
                 await self._pubsub.aclose()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
         if self._client is not None:
             await self._client.aclose()
 
