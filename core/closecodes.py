@@ -9,6 +9,8 @@ class CloseCode(IntEnum):
     NORMAL = 1000  # after the terminal event
     GOING_AWAY = 1001  # server shutting down: reconnect elsewhere with the cursor
     PROTOCOL_ERROR = 1002  # a client frame broke RFC 6455 (unmasked)
+    INVALID_DATA = 1007  # a text message that is not UTF-8
+    MESSAGE_TOO_BIG = 1009  # a client message over the server's limit
     TRY_AGAIN_LATER = 1013  # store unavailable, or the subscriber was too slow
     BAD_REQUEST = 4400
     UNAUTHORIZED = 4401  # also reason "token_expired"

@@ -84,7 +84,7 @@ class LongPollTransport:
     name = NAME
     encoding = Encoding.PAGE
     heartbeat = Heartbeat.NONE
-    __slots__ = ("request", "cors", "reply", "gone", "answered", "subject")
+    __slots__ = ("answered", "cors", "gone", "reply", "request", "subject")
 
     def __init__(self, request: HTTPServerRequest, cors: list[Header], reply: Reply) -> None:
         self.request = request
@@ -125,7 +125,7 @@ class Poll:
     """One poll, whichever HTTP path read it: authenticate, open the route's source,
     hold it in a Session, answer through the transport's ``reply``."""
 
-    __slots__ = ("core", "request", "opener", "path", "transport", "session", "_task")
+    __slots__ = ("_task", "core", "opener", "path", "request", "session", "transport")
 
     def __init__(
         self, core: Core, request: HTTPServerRequest, opener: PollOpener, path: dict[str, str], reply: Reply

@@ -68,7 +68,7 @@ class State(Enum):
 class _Head:
     """What ``httptools`` reports of one request head."""
 
-    __slots__ = ("url", "headers", "complete")
+    __slots__ = ("complete", "headers", "url")
 
     def __init__(self) -> None:
         self.url = b""
@@ -187,18 +187,18 @@ class PollConnection:
     """One client connection while it is served here (see the module)."""
 
     __slots__ = (
-        "server",
-        "sock",
         "address",
         "fd",
-        "loop",
-        "state",
         "idle_since",
-        "poll",
         "keep_alive",
-        "version",
+        "loop",
+        "poll",
         "reading",
+        "server",
+        "sock",
+        "state",
         "unsent",
+        "version",
     )
 
     def __init__(self, server: PollServer, sock: socket.socket, address: Any) -> None:

@@ -17,6 +17,7 @@ attributes, this is the file to read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -46,7 +47,7 @@ class FastWriter:
     retrieves its own exception, so a write to a peer that reset logs nothing.
     """
 
-    __slots__ = ("stream", "limit", "buffer", "send")
+    __slots__ = ("buffer", "limit", "send", "stream")
 
     def __init__(self, stream: IOStream, limit: int) -> None:
         self.stream = stream
@@ -84,10 +85,8 @@ class FastWriter:
             return True
         if len(buffered) > self.limit:
             return False
-        try:
+        with contextlib.suppress(StreamClosedError):
             stream.write(data)
-        except StreamClosedError:
-            pass
         return True
 
     def pending(self) -> int:
@@ -231,7 +230,7 @@ class LendingConnection(HTTP1ServerConnection):
                     ret = await conn.read_response(request_delegate)
                 except (StreamClosedError, UnsatisfiableReadError, asyncio.CancelledError):
                     return
-                except Exception:
+                except Exception:  # noqa: BLE001 - as Tornado's loop: logged, and the connection ends
                     gen_log.error("Uncaught exception", exc_info=True)
                     conn.close()
                     return
@@ -244,6 +243,18 @@ class LendingConnection(HTTP1ServerConnection):
                 await asyncio.sleep(0)
         finally:
             delegate.on_close(self)
+
+
+def take_socket(stream: IOStream) -> tuple[socket.socket, bytes]:
+    """The socket of a stream whose HTTP exchange is over (a WebSocket once admitted, an
+    SSE response once its preamble is written; nothing left to write), with the bytes
+    Tornado already read from it. The stream is left closed without closing the socket:
+    Tornado's own clean-up of it afterwards (the WebSocket protocol's abort) touches
+    nothing Herald now owns."""
+    already_read = bytes(stream._read_buffer[: stream._read_buffer_size])  # noqa: SLF001
+    sock = _detach(stream)
+    stream._closed = True  # noqa: SLF001 - closed for Tornado; the socket lives on
+    return sock, already_read
 
 
 def _detach(stream: IOStream) -> socket.socket:
