@@ -274,4 +274,5 @@ def test_a_longpoll_page_reads_one_page_of_the_log_not_all_of_it(herald_run):
         assert page["next_after"] == 15 and page["done"] is False
         assert sum(returned) <= 20, f"read {sum(returned)} events from the store for a page of 10"
 
-    herald_run(scenario)
+    # 3,000 events published at once by one subject: above the default --publish-rate burst.
+    herald_run(scenario, publish_rate=100_000.0, publish_burst=100_000.0)
