@@ -77,7 +77,7 @@ class OwnedSocket:
             sent = 0
         except OSError:
             self._gone()
-            return True
+            return
         if sent < len(data):
             self._queue(memoryview(data)[sent:])
 

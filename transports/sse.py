@@ -15,6 +15,7 @@ ends. A request whose cursor is at or past the end of a finished execution is an
 
 from __future__ import annotations
 
+import asyncio
 import re
 from enum import StrEnum
 from typing import Any
@@ -31,10 +32,12 @@ from core.service import Core
 from core.session import Session, Source
 from core.sources import ExecutionStream
 from core.transport import CLIENT_GONE, Disconnect, Encoding, Heartbeat, TransportName
+from transports.access_log import log_access
 from transports.errors import as_herald_error
 from transports.handler import HeraldRequestHandler
+from transports.owned_socket import OwnedSocket
 from transports.request import STREAM_PATH, STREAMS_PATH, RequestMatches, stream_cursors, wants_event_stream
-from transports.tornado_internals import FastWriter, connection_stream, shed_handshake
+from transports.tornado_internals import FastWriter, connection_stream, shed_handshake, take_socket
 
 NAME = TransportName.SSE
 RETRY_MS = 1000
@@ -86,31 +89,72 @@ def nothing_left(execution: Execution, after: int) -> bool:
     return execution.status.terminal and after >= execution.last_seq
 
 
+#: The end of a chunked response body.
+LAST_CHUNK = b"0\r\n\r\n"
+
+
 class EventStreamTransport:
     """A ``Transport`` over a streaming ``text/event-stream`` response. HTTP/1.1
     responses are chunked, so its frames are SSE blocks inside chunks; an HTTP/1.0
-    response is unframed and ends by closing the connection."""
+    response is unframed and ends by closing the connection.
+
+    Once the preamble is on the wire, an HTTP/1.1 stream takes its socket from Tornado
+    (``own_socket``): the request handler, the HTTP/1 connection and the ``IOStream``
+    are freed, writes go to an ``OwnedSocket``, and the stream ends with the last chunk
+    and the connection (docs/performance.md, issue 18)."""
 
     name = NAME
     heartbeat = Heartbeat.CONTROL_MESSAGE
-    __slots__ = ("handler", "encoding", "writer", "write")
+    __slots__ = ("encoding", "handler", "life", "limit", "names", "request", "session", "subject", "writer")
 
     def __init__(self, handler: HeraldRequestHandler, limit: int, names: EventNames = EventNames.NAMED) -> None:
-        self.handler = handler
+        self.handler: HeraldRequestHandler | None = handler
+        self.request = handler.request
+        self.limit = limit
+        self.names = names
         # Tornado chunks every HTTP/1.1 response that has no Content-Length.
         self.encoding = Encoding.SSE_CHUNK if handler.request.version == "HTTP/1.1" else Encoding.SSE
-        self.writer = FastWriter(connection_stream(handler.request), limit)
-        self.write = self.writer.write if names is EventNames.NAMED else self._write_unnamed
+        self.writer: FastWriter | OwnedSocket = FastWriter(connection_stream(handler.request), limit)
+        self.session: Session | None = None
+        self.subject: str | None = None
+        #: The session's ``run`` once the socket is owned, held here: the loop keeps tasks weakly.
+        self.life: asyncio.Task[None] | None = None
 
-    def _write_unnamed(self, data: bytes) -> bool:
-        return self.writer.write(unnamed_events(data, self.encoding is Encoding.SSE_CHUNK))
+    def write(self, data: bytes) -> bool:
+        if self.names is not EventNames.NAMED:
+            data = unnamed_events(data, self.encoding is Encoding.SSE_CHUNK)
+        return self.writer.write(data)
 
     def pending_bytes(self) -> int:
         return self.writer.pending()
 
+    def own_socket(self, handler: HeraldRequestHandler, session: Session, source: Source) -> None:
+        """Take the socket from Tornado (its preamble is written) and follow ``source``
+        on it; ``handler`` returns and is freed."""
+        stream = handler.detach()
+        sock, _ = take_socket(stream)  # a client sends nothing on an event stream
+        self.request.connection = self.request.server_connection = None  # they go with the handler
+        self.subject = handler.log_subject
+        self.handler = None
+        self.session = session
+        self.writer = OwnedSocket(sock, self.limit, _ignored, self._client_gone)
+        self.life = asyncio.ensure_future(session.run(source))
+
+    def _client_gone(self) -> None:
+        if self.session is not None:
+            self.session.close(CLIENT_GONE)
+
     def close(self, disconnect: Disconnect) -> None:
-        stream = self.writer.stream
-        if stream.closed():
+        writer = self.writer
+        if isinstance(writer, OwnedSocket):
+            if disconnect.outcome == "slow":
+                writer.abort()  # EventSource reconnects with Last-Event-ID and misses nothing
+            elif writer.open:
+                writer.close(LAST_CHUNK)
+                log_access(200, self.request, NAME.value, self.subject)  # Tornado logs at finish
+            return
+        stream = writer.stream
+        if stream.closed() or self.handler is None:
             return
         if disconnect.outcome == "slow":
             stream.close()  # EventSource reconnects with Last-Event-ID and misses nothing
@@ -119,6 +163,10 @@ class EventStreamTransport:
         if self.encoding is Encoding.SSE:
             # Neither chunked nor sized: only closing the connection ends the stream.
             sent.add_done_callback(lambda _: stream.close())
+
+
+def _ignored(data: bytes) -> None:
+    """Bytes a client sends on an event stream (a pipelined request): nothing reads them."""
 
 
 class EventStreamHandler(HeraldRequestHandler):
@@ -150,8 +198,12 @@ class EventStreamHandler(HeraldRequestHandler):
         except StreamClosedError:
             session.close(CLIENT_GONE)
         else:
-            connection_stream(self.request).set_nodelay(True)
+            stream = connection_stream(self.request)
+            stream.set_nodelay(True)
             shed_handshake(self)  # headers are on the wire; the stream may last hours
+            if transport.encoding is Encoding.SSE_CHUNK and not stream.closed() and not stream.writing():
+                transport.own_socket(self, session, source)
+                return
         await session.run(source)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
