@@ -217,10 +217,10 @@ class Follower:
                     item = json.loads(message.data)
                     if item.get("control") == "ready":
                         parser.retry_ms = None  # a ``retry:`` from now on is a drain's hint
-                    if message.event == "control" and item.get("control") == "error":
-                        if item.get("code") == "token_expired":
-                            await self._refresh_or_fail(401, "token_expired")
-                            raise _Reconnect
+                    expired = item.get("control") == "error" and item.get("code") == "token_expired"
+                    if message.event == "control" and expired:
+                        await self._refresh_or_fail(401, "token_expired")
+                        raise _Reconnect
                     yield item
         finally:
             stopped = True
@@ -234,7 +234,7 @@ class Follower:
             body = b"".join(error_body)
             exc = HTTPClientError(code, response=response)
             if response is not None:
-                response._body = body  # so _error_code can read it
+                response._body = body  # noqa: SLF001 - a streamed error body, for _error_code
             raise exc
         raise _Reconnect
 
@@ -259,5 +259,5 @@ class Follower:
 def _error_code(exc: HTTPClientError) -> str:
     try:
         return json.loads(exc.response.body)["error"]["code"]  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001 - any unparsable body
+    except (AttributeError, KeyError, TypeError, ValueError):  # no body, or not the error shape
         return exc.message or "error"

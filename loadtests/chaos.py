@@ -45,7 +45,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import enum
+import itertools
 import json
 import os
 import random
@@ -62,7 +64,7 @@ from urllib.parse import urlsplit
 import jwt
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from loadtests.launcher import SECRET, Deployment, HeraldServer  # noqa: E402
+from loadtests.launcher import SECRET, Deployment, HeraldServer
 
 TRANSPORTS = ("websocket", "sse", "longpoll")
 TERMINAL = {b"complete", b"error", b"cancelled"}
@@ -376,10 +378,8 @@ class Subscriber:
         if self.writer is not None:
             kill_socket(self.writer, self.run.rng.choice(list(Kill)))
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError, OSError, asyncio.IncompleteReadError, ValueError):
             await task
-        except (asyncio.CancelledError, OSError, asyncio.IncompleteReadError, ValueError):
-            pass
         self.killing = False
         return Ending.KILLED
 
@@ -756,7 +756,7 @@ async def kill(options: argparse.Namespace) -> Report:
         report = Report(options, run, tally(run, subscribers), resumes(survivors), now() - began)
         window = [lat for at, lat in run.ack_latency if run.killed_at - 1 <= at <= run.killed_at + 5]
         acks = sorted(at for at, _ in run.ack_latency if at >= run.killed_at - 1)
-        gaps = [b - a for a, b in zip(acks, acks[1:], strict=False) if a <= run.killed_at + 5]
+        gaps = [b - a for a, b in itertools.pairwise(acks) if a <= run.killed_at + 5]
         report.notes.append(
             f"publish ack latency from 1 s before to 5 s after the kill (n={len(window)}): "
             f"{fmt_dist(window, (50, 99, 100))}; longest time without an ack {fmt_s(max(gaps, default=None))}"

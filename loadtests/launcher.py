@@ -139,7 +139,11 @@ class HeraldServer(Child):
         self.args = list(args)
 
     def argv(self) -> list[str]:
-        return [sys.executable, os.path.join(ROOT, "server.py"), "--port", str(self.port)] + [
+        return [
+            sys.executable,
+            os.path.join(ROOT, "server.py"),
+            "--port",
+            str(self.port),
             "--jwt-secret",
             SECRET,
             *self.args,
@@ -164,7 +168,14 @@ class Secantus(Child):
         binary = here if os.path.exists(here) else shutil.which("secantusd-py")
         if binary is None:
             raise RuntimeError("secantusd-py is not installed (the `test` extra of setup.cfg installs secantusdb)")
-        return [binary, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", ":memory:"] + [
+        return [
+            binary,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--storage-path",
+            ":memory:",
             "--log-level",
             "WARNING",
         ]

@@ -40,8 +40,24 @@ def test_ws_frames_reads_complete_frames_and_leaves_the_rest() -> None:
 
 def test_chaos_every_event_once_in_order_on_every_transport() -> None:
     options = chaos.parse_args(
-        ["--subscribers", "96", "--executions", "3", "--rate", "10", "--duration", "25"]
-        + ["--kill-every", "3:6", "--offline", "1", "--settle", "30", "--seed", "13"]
+        [
+            "--subscribers",
+            "96",
+            "--executions",
+            "3",
+            "--rate",
+            "10",
+            "--duration",
+            "25",
+            "--kill-every",
+            "3:6",
+            "--offline",
+            "1",
+            "--settle",
+            "30",
+            "--seed",
+            "13",
+        ]
     )
     report = asyncio.run(chaos.main(options))
     print(report.table())

@@ -56,7 +56,7 @@ def test_the_python_client_waits_the_hint_not_its_backoff(transport: str) -> Non
             hint = None
             deadline = time.monotonic() + 5
             while hint is None and time.monotonic() < deadline:
-                hint = follower._retry_hint
+                hint = follower._retry_hint  # noqa: SLF001 - what the follower took from the close
                 await asyncio.sleep(0.005)
             task.cancel()
             client.close()

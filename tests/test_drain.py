@@ -631,7 +631,7 @@ def test_a_worker_on_a_draining_process_is_handed_back_and_its_execution_finishe
                 f"{other.base_url}/api/executions/{ex}/events", headers={"Authorization": f"Bearer {token}"}
             )
             events = json.loads((await client.fetch(request)).body)["events"]
-            if events and events[-1]["event"] == "complete" or time.monotonic() > deadline:
+            if (events and events[-1]["event"] == "complete") or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
         b.close()

@@ -125,7 +125,8 @@ def test_a_document_then_polls_then_a_publish_share_one_keep_alive_connection():
         body_bytes = json.dumps({"event": "complete", "data": {"result": 1}}).encode()
         raw.send(
             f"POST /api/executions/{ex}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body_bytes)}\r\n\r\n".encode() + body_bytes
+            f"Content-Type: application/json\r\nContent-Length: {len(body_bytes)}\r\n\r\n".encode()
+            + body_bytes
         )
         status, _, body = await raw.response()
         assert status == "HTTP/1.1 202 Accepted" and json.loads(body) == {"seq": [3]}

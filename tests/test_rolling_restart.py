@@ -19,8 +19,21 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.mongo]
 
 def test_rolling_restart_loses_nothing_and_strands_nobody() -> None:
     options = chaos.parse_args(
-        ["rolling", "--subscribers", "60", "--executions", "2", "--rate", "10", "--warmup", "4"]
-        + ["--settle", "30", "--seed", "13"]
+        [
+            "rolling",
+            "--subscribers",
+            "60",
+            "--executions",
+            "2",
+            "--rate",
+            "10",
+            "--warmup",
+            "4",
+            "--settle",
+            "30",
+            "--seed",
+            "13",
+        ]
     )
     report = asyncio.run(chaos.main(options))
     print(report.table())

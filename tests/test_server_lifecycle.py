@@ -64,6 +64,7 @@ def test_sigterm_closes_websocket_with_1001_and_ends_sse() -> None:
             msg = await ws.read_message()
             if msg is not None and '"seq"' in msg:
                 seen.append(msg)
+
         async def sse() -> bool:
             def chunk(_: bytes) -> None:
                 pass
