@@ -141,7 +141,7 @@ class Poll:
 
     def start(self) -> None:
         """The request is read: serve it."""
-        self._task = asyncio.ensure_future(self._serve())
+        self._task = asyncio.get_running_loop().create_task(self._serve())
 
     def client_gone(self) -> None:
         """The client closed its connection: nothing is answered."""

@@ -41,7 +41,7 @@ from tornado.iostream import IOStream
 
 from transports.cors import Header
 from transports.longpoll import CONTENT_TYPE, LongPollRouter, Poll, http_date
-from transports.tornado_internals import lend_to_tornado
+from transports.tornado_internals import PollHeaders, lend_to_tornado
 
 #: Longest request head read here (Tornado's default ``max_header_size``); a longer one
 #: is lent to Tornado, which refuses it.
@@ -72,7 +72,7 @@ class _Head:
 
     def __init__(self) -> None:
         self.url = b""
-        self.headers = HTTPHeaders()
+        self.headers = PollHeaders()
         self.complete = False
 
     def on_url(self, url: bytes) -> None:
@@ -244,8 +244,8 @@ class PollConnection:
         parser = httptools.HttpRequestParser(head)
         try:
             parser.feed_data(data[: end + 4])
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            self._lend()  # Tornado answers what it makes of it
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade, HTTPInputError):
+            self._lend()  # Tornado answers what it makes of it (a header it refuses, too)
             return
         if not head.complete:  # a body follows
             self._lend()
