@@ -127,7 +127,13 @@ class PollHeaders(HTTPHeaders):
     """The header map of a request read by ``transports.poll_server``: ``get`` is one
     lookup in Tornado's normalized dict. ``HTTPHeaders`` inherits ``Mapping.get``,
     which raises and catches a ``KeyError`` for every absent header, and routing a poll
-    asks for absent ones (``Upgrade``, ``Accept``) at every rule: a tenth of a poll."""
+    asks for absent ones (``Upgrade``, ``Accept``) at every rule: a tenth of a poll.
+    It is made empty, once per request, without ``HTTPHeaders``' ``update()`` of nothing."""
+
+    def __init__(self) -> None:
+        # What HTTPHeaders.__init__ sets (Tornado 6.5-6.6), not calling it: see the class.
+        self._as_list: dict[str, list[str]] = {}
+        self._combined_cache: dict[str, str] = {}
 
     def get(self, name: str, default: Any = None) -> Any:
         header = _normalize_header(name)
