@@ -286,3 +286,17 @@ def test_a_drain_answers_a_held_poll_and_closes_its_connection():
         assert await raw.closed()
 
     run(scenario)
+
+
+def test_without_long_poll_every_connection_is_tornados():
+    async def scenario(h: Herald, server: PollServer) -> None:
+        assert not server.polls_here
+        ex = (await h.create())["id"]
+        raw = await Raw.open(h)
+        raw.get(events_target(ex, after=0), h.mint())
+        status, _, body = await raw.response()
+        assert status == "HTTP/1.1 400 Bad Request" and json.loads(body)["error"]["code"] == "bad_request"
+        assert not server.connections
+        raw.close()
+
+    run(scenario, transports=("websocket", "sse"))

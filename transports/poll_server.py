@@ -113,13 +113,17 @@ class PollServer(HTTPServer):
     """Tornado's ``HTTPServer`` whose connections come here first (see the module).
 
     Polls are served here only for a plain HTTP ``tornado.web.Application`` without
-    ``xheaders`` (the peer address is the socket's); otherwise every connection is
-    Tornado's, as with ``HTTPServer``."""
+    ``xheaders`` (the peer address is the socket's) that has a long-poll route (not with
+    ``--transports`` without ``longpoll``); otherwise every connection is Tornado's, as
+    with ``HTTPServer``."""
 
     def initialize(self, request_callback: Any, *args: Any, **kwargs: Any) -> None:
         super().initialize(request_callback, *args, **kwargs)
         self.polls_here = (
-            isinstance(request_callback, tornado.web.Application) and not self.xheaders and not self.ssl_options
+            isinstance(request_callback, tornado.web.Application)
+            and not self.xheaders
+            and not self.ssl_options
+            and any(isinstance(rule.target, LongPollRouter) for rule in request_callback.wildcard_router.rules)
         )
         self.connections: set[PollConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
