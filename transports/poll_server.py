@@ -260,7 +260,11 @@ class PollConnection:
         if request is None or route is None:
             self._lend()
             return
-        self.sock.recv(end + 4)  # the head, now read; a pipelined request stays in the socket
+        try:
+            self.sock.recv(end + 4)  # the head, now read; a pipelined request stays in the socket
+        except OSError:
+            self.close()
+            return
         request.remote_ip = self.address[0] if isinstance(self.address, tuple) else "0.0.0.0"
         self.state = State.SERVING
         self.keep_alive = keeps_alive(version, request.headers)
