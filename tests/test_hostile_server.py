@@ -106,6 +106,10 @@ def events_of(server: Server, token: str, execution_id: str) -> list[dict[str, A
 
 
 # --- 1. a never-reading ping flooder beside a healthy subscriber ---------------------------
+#: Events the healthy subscriber must get promptly while the flood goes on.
+FLOOD_EVENTS = 15
+
+
 def test_ping_flood_from_a_client_that_never_reads_changes_nothing_for_the_others() -> None:
     with herald_process("--heartbeat", "5") as server:
         asyncio.run(asyncio.wait_for(ping_flood(server), 90))
@@ -144,7 +148,7 @@ async def ping_flood(server: Server) -> None:
     ) as healthy:
         assert json.loads(await healthy.recv())["control"] == "ready"
         async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as http:
-            for n in range(40):
+            for n in range(FLOOD_EVENTS):
                 began = time.monotonic()
                 answer = await http.post(
                     f"/api/executions/{execution}/events", json={"event": "token", "data": {"text": f"t{n}"}}
@@ -166,8 +170,8 @@ async def ping_flood(server: Server) -> None:
     await asyncio.sleep(1.0)
 
     texts = [m["data"]["text"] for m in received]
-    assert texts == [f"t{n}" for n in range(40)]
-    assert sent > 20_000, f"the flood sent only {sent} pings"
+    assert texts == [f"t{n}" for n in range(FLOOD_EVENTS)]
+    assert sent > 5_000, f"the flood sent only {sent} pings"
     assert peak - baseline < 60, f"RSS grew {peak - baseline:.0f} MiB under a ping flood"
     new_lines = server.log().splitlines()[log_before:]
     assert not [line for line in new_lines if "Traceback" in line or "never retrieved" in line]
