@@ -22,6 +22,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
+from client.event_stream import read_event_stream
 from client.sse import SseParser
 from core.timing import backoff_delay
 
@@ -173,69 +174,21 @@ class Follower:
         raise _Reconnect
 
     async def _sse(self) -> AsyncIterator[dict[str, Any]]:
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        status: list[int] = []
-        error_body: list[bytes] = []
-
-        def on_header(line: str) -> None:
-            if line.startswith("HTTP/"):
-                status.append(int(line.split()[1]))
-
-        stopped = False
-
-        def on_chunk(chunk: bytes) -> None:
-            if stopped:
-                # Raising here is how Tornado's client is told to drop the connection;
-                # a stopped follower's stream thus closes at its next byte (at the
-                # latest the next heartbeat), instead of living until the stream ends.
-                raise _Reconnect
-            if status and status[-1] != 200:
-                error_body.append(chunk)
-            else:
-                queue.put_nowait(chunk)
-
         url = self.url + "?" + urlencode({"after": self.after})
-        headers = self.client.headers({"Accept": "text/event-stream", "Last-Event-ID": str(self.after)})
-        request = HTTPRequest(
-            url,
-            headers=headers,
-            header_callback=on_header,
-            streaming_callback=on_chunk,
-            connect_timeout=10,
-            request_timeout=24 * 3600,
-        )
-        fetch = asyncio.ensure_future(self.client.http.fetch(request, raise_error=False))
-        fetch.add_done_callback(lambda _: queue.put_nowait(None))
+        headers = self.client.headers({"Last-Event-ID": str(self.after)})
         parser = SseParser()
         self.connections += 1
-        try:
-            while True:
-                chunk = await asyncio.wait_for(queue.get(), self.idle_timeout)
-                if chunk is None:
-                    break
-                for message in parser.feed(chunk):
-                    item = json.loads(message.data)
-                    if item.get("control") == "ready":
-                        parser.retry_ms = None  # a ``retry:`` from now on is a drain's hint
-                    expired = item.get("control") == "error" and item.get("code") == "token_expired"
-                    if message.event == "control" and expired:
-                        await self._refresh_or_fail(401, "token_expired")
-                        raise _Reconnect
-                    yield item
-        finally:
-            stopped = True
-            if not fetch.done():
-                fetch.cancel()
+        async for message in read_event_stream(self.client.http, url, headers, self.idle_timeout, parser):
+            item = json.loads(message.data)
+            if item.get("control") == "ready":
+                parser.retry_ms = None  # a ``retry:`` from now on is a drain's hint
+            expired = item.get("control") == "error" and item.get("code") == "token_expired"
+            if message.event == "control" and expired:
+                await self._refresh_or_fail(401, "token_expired")
+                raise _Reconnect
+            yield item
         if parser.retry_ms is not None and not self.done:
             self._retry_hint = parser.retry_ms / 1000
-        response = fetch.result() if fetch.done() and not fetch.cancelled() else None
-        code = response.code if response is not None else 599
-        if code != 200:
-            body = b"".join(error_body)
-            exc = HTTPClientError(code, response=response)
-            if response is not None:
-                response._body = body  # noqa: SLF001 - a streamed error body, for _error_code
-            raise exc
         raise _Reconnect
 
     async def _longpoll(self) -> AsyncIterator[dict[str, Any]]:

@@ -20,6 +20,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
+from client.event_stream import read_event_stream
 from client.follow import FATAL_CLOSE, FATAL_STATUS, TERMINAL, StreamEnded, _error_code
 from client.sse import SseParser
 from core.timing import backoff_delay
@@ -147,55 +148,17 @@ class StreamsFollower:
         raise _Reconnect
 
     async def _sse(self) -> AsyncIterator[Item]:
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        status: list[int] = []
-        error_body: list[bytes] = []
-        stopped = False
-
-        def on_header(line: str) -> None:
-            if line.startswith("HTTP/"):
-                status.append(int(line.split()[1]))
-
-        def on_chunk(chunk: bytes) -> None:
-            if stopped:
-                raise _Reconnect  # drops the connection at its next byte (see Follower._sse)
-            if status and status[-1] != 200:
-                error_body.append(chunk)
-            else:
-                queue.put_nowait(chunk)
-
-        request = HTTPRequest(
-            f"{self.url}?{self.query()}",
-            headers=self.client.headers({"Accept": "text/event-stream"}),
-            header_callback=on_header,
-            streaming_callback=on_chunk,
-            connect_timeout=10,
-            request_timeout=24 * 3600,
-        )
-        fetch = asyncio.ensure_future(self.client.http.fetch(request, raise_error=False))
-        fetch.add_done_callback(lambda _: queue.put_nowait(None))
-        parser = SseParser()
         self.connections += 1
-        try:
-            while True:
-                chunk = await asyncio.wait_for(queue.get(), self.idle_timeout)
-                if chunk is None:
-                    break
-                for sse in parser.feed(chunk):
-                    message = json.loads(sse.data)
-                    execution_id = message.get("execution_id")
-                    if isinstance(execution_id, str):
-                        yield execution_id, message
-                    elif message.get("control") == "error":
-                        raise StreamEnded(401 if message.get("code") == "token_expired" else 0, message["code"])
-        finally:
-            stopped = True
-            if not fetch.done():
-                fetch.cancel()
-        response = fetch.result() if fetch.done() and not fetch.cancelled() else None
-        if response is not None and response.code != 200:
-            response._body = b"".join(error_body)  # noqa: SLF001 - a streamed error body, for _error_code
-            raise HTTPClientError(response.code, response=response)
+        url = f"{self.url}?{self.query()}"
+        async for sse in read_event_stream(
+            self.client.http, url, self.client.headers(), self.idle_timeout, SseParser()
+        ):
+            message = json.loads(sse.data)
+            execution_id = message.get("execution_id")
+            if isinstance(execution_id, str):
+                yield execution_id, message
+            elif message.get("control") == "error":
+                raise StreamEnded(401 if message.get("code") == "token_expired" else 0, message["code"])
         raise _Reconnect
 
     async def _longpoll(self) -> AsyncIterator[Item]:

@@ -41,6 +41,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from core.feed import SUMMARY_FIELDS
 from core.sessions import DRAIN_SLICES, drain_hint, drain_slices, drain_window
 from loadtests import chaos
 from tests.fixtures_cluster import Cluster
@@ -59,20 +60,6 @@ CLOSE_HINT = re.compile(r"server_shutdown retry=(\d+)")
 SSE_HINT = re.compile(r"(?m)^retry: (\d+)\n\n\Z")
 HINT_MAX_MS = 1000
 VERSION = re.compile(r"^[^.\s]+\.\d+$")
-SUMMARY_FIELDS = {
-    "id",
-    "owner",
-    "kind",
-    "queue",
-    "worker",
-    "status",
-    "progress",
-    "stage",
-    "error",
-    "last_seq",
-    "created_at",
-    "updated_at",
-}
 
 
 def mint(secret: str, sub: str = "alice") -> str:
@@ -282,7 +269,7 @@ def feed_poll_shape(body: Any) -> str | None:
     if not isinstance(body["version"], str) or not VERSION.match(body["version"]):
         return f"version {body['version']!r} is not <epoch>.<n>"
     rows = body["executions"]
-    if not isinstance(rows, list) or any(not isinstance(r, dict) or set(r) != SUMMARY_FIELDS for r in rows):
+    if not isinstance(rows, list) or any(not isinstance(r, dict) or set(r) != set(SUMMARY_FIELDS) for r in rows):
         return f"executions is not a list of summaries: {rows!r}"
     return None
 
