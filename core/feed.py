@@ -202,26 +202,36 @@ class FeedPage:
     """The feed as one long-poll answer: the changes after ``since`` (held until there
     is one, up to the session's deadline), answered from this process's history or,
     when it cannot tell, from the store; or a snapshot when ``since`` is absent or is
-    not a version."""
+    not a version.
+
+    A poll is held whenever the answer would be empty, wherever the answer came from:
+    after a broker outage the history cannot tell for a while, and an idle dashboard
+    must not then be answered "nothing" at once, poll after poll."""
 
     def __init__(self, core: Core, feed: Feed, since: str) -> None:
         self.core = core
         self.feed = feed
         self.since = parse_version(since) if since else None
         self._session: Session | None = None
+        self._answer: dict[str, Any] | None = None
 
     async def start(self, session: Session) -> None:
         self._session = session
-        if self.since is not None and session.deadline is not None:
-            changes = self.feed.changes_since(session.principal, self.since)
-            if changes == []:
-                self.feed.listen(session.principal, self._on_change, self._on_gap)
-                return
-        session.close(ANSWERED)
+        since = self.since
+        if since is None or session.deadline is None:
+            session.close(ANSWERED)
+            return
+        # Listen first: a change made while the store is read still wakes the poll.
+        self.feed.listen(session.principal, self._on_change, self._on_gap)
+        answer = await self._changes(session.principal, since)
+        if answer["executions"]:
+            self._answer = answer
+            session.close(ANSWERED)
 
     def _on_change(self, version: str, entry: dict[str, Any]) -> None:
-        if self._session is not None:
-            self._session.close(ANSWERED)
+        at = parse_version(version)
+        if self._session is not None and (self.since is None or at is None or at > self.since):
+            self._session.close(ANSWERED)  # a change the client has not seen
 
     def _on_gap(self) -> None:
         if self._session is not None:
@@ -239,7 +249,7 @@ class FeedPage:
         if since is None:
             body = await snapshot(self.core, self.feed, principal)
         else:
-            body = await self._changes(principal, since)
+            body = self._answer or await self._changes(principal, since)
         session.write(dumps(body).encode())  # the one answer
 
     async def _changes(self, principal: Principal, since: float) -> dict[str, Any]:

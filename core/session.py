@@ -142,11 +142,17 @@ class Session:
         """The connection's life: follow ``source`` until the connection ends. The one
         exit path: whatever ended it, the source stops, says its last words, the
         transport closes and the slot is released."""
+        answer_at: asyncio.TimerHandle | None = None
         try:
             if source is not None and not self._closed:
                 self.source = source
                 await source.start(self)
             if not self._closed:
+                if self.deadline is not None:
+                    # A held page is answered when its ``wait`` runs out, to the
+                    # millisecond: the shared timer's second is too coarse for a poll.
+                    loop = asyncio.get_running_loop()
+                    answer_at = loop.call_at(loop.time() + self.deadline - time.time(), self.close, ANSWERED)
                 await self._done
         except HeraldError as exc:
             self.fail(exc)
@@ -154,6 +160,8 @@ class Session:
             log.exception("a %s connection failed", self.transport_name.value)
             self.fail(HeraldError(ErrorCode.INTERNAL, 500, "internal error; the server log has the details"))
         finally:
+            if answer_at is not None:
+                answer_at.cancel()
             self.close(CLIENT_GONE)  # no-op when something else ended it
             disconnect = self._disconnect
             try:
@@ -225,7 +233,8 @@ class Session:
 
     # --- clocks (the shared timer, through Sessions.tick) -----------------------------------
     def tick(self, wall: float, mono: float, beat: bool, interval: float) -> None:
-        """Expiry, the long-poll deadline and, when ``beat``, the heartbeat."""
+        """Expiry, the long-poll deadline (a backstop: ``run`` keeps its own timer for
+        it) and, when ``beat``, the heartbeat."""
         if self._closed:
             return
         if self.expires_at <= wall:

@@ -425,6 +425,49 @@ def test_a_held_poll_is_answered_when_changes_may_have_been_lost() -> None:
     run(scenario)
 
 
+def test_after_lost_changes_an_idle_poll_is_held_not_answered_at_once() -> None:
+    """The store answers while the history cannot tell; when it finds nothing the poll
+    is held as any other, so an idle dashboard does not poll in a busy loop."""
+
+    async def scenario() -> None:
+        board = Dashboard()
+        mine = await board.create()
+        since = await board.version_now()
+        board.feed.lost_changes()  # the history cannot tell for anything before now
+        assert board.feed.changes_since(ALICE, float(since)) is None
+        poll = long_poll()
+        _, task = board.connect(poll, FeedPage(board.core, board.feed, since), deadline=time.time() + 30)
+        await asyncio.sleep(0.05)
+        assert not task.done() and poll.writes == []
+        await board.progress(mine, 30)
+        await done(task)
+        assert [(e["id"], e["progress"]) for e in poll.page()["executions"]] == [(mine.id, 30)]
+
+    run(scenario)
+
+
+def test_a_change_older_than_the_version_arriving_late_does_not_wake_a_poll() -> None:
+    """Another process's change reaches this one after the client's version moved past
+    it (it was in the snapshot): nothing new for the client, so the poll stays held."""
+
+    async def scenario() -> None:
+        board = Dashboard()
+        mine = await board.create()
+        since = await board.version_now()
+        poll = long_poll()
+        _, task = board.connect(poll, FeedPage(board.core, board.feed, since), deadline=time.time() + 30)
+        await asyncio.sleep(0.01)
+        late = document("ex_late", "alice", float(since) - 0.5, progress=10)
+        board.feed.observe(late, [])  # heard now, changed before ``since``
+        await asyncio.sleep(0.02)
+        assert not task.done() and poll.writes == []
+        await board.progress(mine, 60)
+        await done(task)
+        assert [e["id"] for e in poll.page()["executions"]] == [mine.id]
+
+    run(scenario)
+
+
 def test_a_poll_whose_client_left_writes_nothing() -> None:
     async def scenario() -> None:
         board = Dashboard()

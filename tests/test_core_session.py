@@ -304,6 +304,21 @@ def test_a_held_page_is_answered_at_its_deadline() -> None:
     run(scenario)
 
 
+def test_a_held_page_is_answered_by_its_own_timer_when_its_wait_runs_out() -> None:
+    """The shared timer ticks once a second: too coarse for ``wait``. A poll is
+    answered when its wait runs out, neither a second early nor late."""
+
+    async def scenario() -> None:
+        sessions = make_sessions()
+        began = time.monotonic()
+        poll = await connect(sessions, page(), deadline=time.time() + 0.3)
+        assert await poll.ended() == ANSWERED  # no tick was driven
+        assert 0.25 <= time.monotonic() - began < 1.0
+        assert poll.source.finishes == [ANSWERED]
+
+    run(scenario)
+
+
 def test_each_transport_gets_its_own_heartbeat_when_one_is_due() -> None:
     async def scenario() -> None:
         sessions = make_sessions()

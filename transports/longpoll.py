@@ -39,7 +39,7 @@ from core.auth import Principal
 from core.codec import dumps
 from core.errors import HeraldError
 from core.multiplex import MultiPage
-from core.service import TICK, Core
+from core.service import Core
 from core.session import Session, Source
 from core.sources import ExecutionPage
 from core.transport import CLIENT_GONE, Disconnect, Encoding, Heartbeat, TransportName
@@ -156,9 +156,7 @@ class Poll:
             self.transport.subject = principal.sub
             source, wait = await self.opener(core, request, principal, self.path)
             shed_arguments(request)  # read above; a held poll keeps the request
-            # The shared timer answers the poll when ``wait`` runs out. It ticks every
-            # second, so the deadline is a tick early: a poll is never held past ``wait``.
-            deadline = time.time() + wait - TICK if wait else None
+            deadline = time.time() + wait if wait else None  # the session answers then
             self.session = core.sessions.open(self.transport, principal, deadline=deadline)
         except Exception as exc:  # noqa: BLE001 - every failure is answered in the error shape
             if isinstance(exc, HeraldError):
