@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import tornado.web
 from tornado.http1connection import HTTP1Connection
@@ -25,7 +24,7 @@ from core.auth import Principal
 from core.errors import ErrorCode, HeraldError, forbidden
 from core.service import Core
 from core.settings import Settings
-from transports.cors import origin_allowed
+from transports.cors import origin_trusted
 from transports.handler import HeraldRequestHandler
 from transports.request import request_credentials
 
@@ -160,9 +159,7 @@ def check_not_cross_site(request: HTTPServerRequest, settings: Settings) -> None
         return
     origin = request.headers.get("Origin")
     if origin is not None:
-        if urlsplit(origin).netloc.lower() == request.headers.get("Host", "").lower() and origin != "null":
-            return
-        if origin_allowed(origin, settings):
+        if origin_trusted(origin, request.headers.get("Host", ""), settings):
             return
         raise forbidden(f"a cookie-authenticated {request.method} from the origin {origin} is refused (CSRF)")
     fetch_site = request.headers.get("Sec-Fetch-Site")

@@ -331,12 +331,19 @@ def test_nothing_follows_the_expiry_error(herald_run):
     herald_run(scenario)
 
 
-def test_cookie_websocket_must_come_from_this_origin(herald_run):
+def test_cookie_websocket_must_come_from_this_origin_or_an_allowed_one(herald_run):
+    """The CSRF rule of cookie-authenticated POSTs: this origin or ``--allowed-origins``,
+    never ``null`` (a sandboxed frame)."""
+
     async def scenario(h: Herald) -> None:
         ex = (await h.create())["id"]
         cookie = {"Cookie": f"herald_token={h.mint()}"}
-        foreign = await h.websocket(ex, token="", headers={**cookie, "Origin": "https://evil.example"})
-        assert (await ws_until_closed(foreign))[0]["code"] == "forbidden" and foreign.close_code == 4403
+        for origin in ("https://evil.example", "null"):
+            foreign = await h.websocket(ex, token="", headers={**cookie, "Origin": origin})
+            assert (await ws_until_closed(foreign))[0]["code"] == "forbidden" and foreign.close_code == 4403
+        allowed = await h.websocket(ex, token="", headers={**cookie, "Origin": "https://app.example"})
+        assert (await read_ws(allowed))["control"] == "ready"
+        allowed.close()
         same = await h.websocket(ex, token="", headers={**cookie, "Origin": f"http://127.0.0.1:{h.port}"})
         assert (await read_ws(same))["control"] == "ready"
         same.close()
@@ -345,4 +352,4 @@ def test_cookie_websocket_must_come_from_this_origin(herald_run):
         assert (await read_ws(bearer))["control"] == "ready"
         bearer.close()
 
-    herald_run(scenario)
+    herald_run(scenario, allowed_origins=("https://app.example",))

@@ -20,7 +20,7 @@ from core.codec import http_chunk
 from core.model import Execution, Status
 from core.settings import Settings
 from tests.fixtures_server import Herald, read_ws
-from transports.cors import answer_headers, origin_allowed, preflight_headers
+from transports.cors import answer_headers, origin_allowed, origin_trusted, preflight_headers
 from transports.sse import EventNames, event_names, nothing_left, unnamed_events
 
 APP = "http://app.example:5173"
@@ -58,6 +58,17 @@ def test_origin_allowed_is_an_exact_case_insensitive_match() -> None:
     assert not origin_allowed("null", s)  # a sandboxed frame or a file: page
     assert not origin_allowed(None, s)
     assert not origin_allowed(APP, settings())  # default: same origin only
+
+
+def test_a_trusted_origin_is_this_server_or_an_allowed_one_never_null() -> None:
+    """The question of the CSRF check and of cookie-authenticated WebSockets."""
+    s = settings(*ALLOWED)
+    assert origin_trusted("http://127.0.0.1:8080", "127.0.0.1:8080", s)  # its Host
+    assert origin_trusted("http://Herald.Example", "herald.example", s)
+    assert not origin_trusted("http://127.0.0.1:8081", "127.0.0.1:8080", s)  # another port
+    assert origin_trusted(APP, "127.0.0.1:8080", s)
+    assert not origin_trusted(OTHER, "127.0.0.1:8080", s)
+    assert not origin_trusted("null", "", s)  # even with no Host to compare
 
 
 def test_answer_headers_name_the_origin_and_never_allow_credentials() -> None:

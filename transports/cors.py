@@ -19,6 +19,8 @@ the CSRF check's question (is this state-changing request's origin one we trust?
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from core.settings import Settings
 
 #: One CORS header: (name, value).
@@ -46,6 +48,16 @@ def origin_allowed(origin: str | None, settings: Settings) -> bool:
         return False
     origin = origin.lower()
     return any(origin == allowed.lower() for allowed in settings.allowed_origins)
+
+
+def origin_trusted(origin: str, host: str, settings: Settings) -> bool:
+    """Whether a page of ``origin`` may act with the visitor's cookie: this server's own
+    (the origin's host and port are the request's ``Host``) or one of
+    ``--allowed-origins``; never ``null``. The CSRF check of cookie-authenticated
+    ``POST``s and the check of cookie-authenticated WebSockets ask this one question."""
+    if origin == "null":
+        return False
+    return urlsplit(origin).netloc.lower() == host.lower() or origin_allowed(origin, settings)
 
 
 def answer_headers(origin: str | None, path: str, settings: Settings) -> list[Header]:

@@ -23,7 +23,6 @@ import asyncio
 import socket
 import struct
 from typing import Any
-from urllib.parse import urlsplit
 
 import tornado.websocket
 from tornado.routing import Rule
@@ -38,6 +37,7 @@ from core.session import Ops, Session, Source
 from core.sources import ExecutionStream
 from core.transport import CLIENT_GONE, Disconnect, Encoding, Heartbeat, TransportName
 from transports.access_log import log_failure
+from transports.cors import origin_trusted
 from transports.owned_socket import OwnedSocket
 from transports.request import (
     STREAM_PATH,
@@ -345,14 +345,12 @@ class HeraldSocket(tornado.websocket.WebSocketHandler):
         # them; a cookie is, so cookie-authenticated sockets are checked in sign_in().
         return True
 
-    def _same_origin(self) -> bool:
-        """For cookie auth. Since Tornado 6.6 ``check_origin`` only consults the
-        ``trusted_origins`` setting (the Origin/Host comparison runs before it), so
-        the same-origin test is made here; no Origin means no browser, no CSRF."""
+    def _trusted_origin(self) -> bool:
+        """For cookie auth: the CSRF rule of ``POST``s (``transports.cors``), made here
+        because Tornado's ``check_origin`` runs for every socket, bearer ones included;
+        no ``Origin`` means no browser page, so no cross-site hijacking."""
         origin = self.request.headers.get("Origin")
-        if origin is None or urlsplit(origin).netloc.lower() == self.request.headers.get("Host", "").lower():
-            return True
-        return super().check_origin(origin)
+        return origin is None or origin_trusted(origin, self.request.headers.get("Host", ""), self.core.settings)
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         self._offered = subprotocols
@@ -375,8 +373,8 @@ class HeraldSocket(tornado.websocket.WebSocketHandler):
         if creds is not None and creds.kind == "cookie":
             if not self.cookie_allowed:
                 raise forbidden("this socket takes a bearer token, not a cookie")
-            if not self._same_origin():
-                raise forbidden("a cookie-authenticated WebSocket must come from this origin")
+            if not self._trusted_origin():
+                raise forbidden("a cookie-authenticated WebSocket must come from this origin or an allowed one")
         return await authenticate_request(self.core, self.request, self._offered, stream=True)
 
     async def follow(self, principal: Principal, *args: str) -> Source | None:
