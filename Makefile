@@ -47,8 +47,9 @@ test: $(STAMP)
 	$(MAKE) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak" --cov --cov-report=term
 
-# Minutes of reconnecting subscribers and publishers against server.py: memory must come
-# back once they are gone (tests/test_hostile_soak.py; figures in docs/performance.md).
+# About 10 minutes of reconnecting subscribers and publishers against server.py: a second
+# churn must leave RSS where the first left it, once what the server keeps on purpose
+# has passed its horizon (tests/test_hostile_soak.py; figures in docs/performance.md).
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak -s
 
