@@ -829,7 +829,9 @@ class StreamsConnection extends HeldConnection {
       path: "/api/streams",
       query: (transport) => (transport === "websocket" ? {} : { s: cursors() }),
       position: () => ({}),
-      finished: () => false,
+      // Nothing left to follow (every execution ended): the stream the server ends
+      // then is not reconnected (it would name no execution: a 400).
+      finished: () => !this.wanted.size,
       opened: (transport, send) => {
         if (transport !== "websocket") return;
         for (const [id, after] of this.at) send({ op: "subscribe", execution_id: id, after });

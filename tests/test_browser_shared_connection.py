@@ -19,6 +19,7 @@ import re
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -162,3 +163,25 @@ def test_a_closed_follow_stops_its_execution_only(context, browser_herald: Brows
     states = first.evaluate("window.states")
     assert [s[1] for s in states if s[0] == a][-1] == "closed"
     assert [s[1] for s in states if s[0] == b][-1] == "open"
+
+
+def test_a_shared_stream_whose_executions_all_ended_is_not_reopened(context, sse_only_herald: BrowserHerald):
+    """The server ends ``/api/streams`` once every execution it carried has ended. The
+    holding tab must not reconnect it (it would name no execution: a ``400``), even when
+    its retry comes before the debounced close — ``backoffFirst: 1`` makes it always
+    come first (with the default 1 s full-jitter backoff, about one run in thirty)."""
+    h = sse_only_herald
+    token = h.mint(sub="all-ended")
+    execution_id = h.create(token=token)
+    [page] = open_pages(context, h, [execution_id], token, connectTimeout=3000, backoffFirst=1)
+    last = publish_round(h, [execution_id], 2, token)
+    wait_for_seqs(page, execution_id, last[execution_id])
+    log = Path(h.process.log_path)
+    log_from = log.stat().st_size
+    h.publish(execution_id, [{"event": "complete", "data": {"result": None}}], token)
+    page.wait_for_function("(id) => window.states.some(s => s[0] === id && s[1] === 'done')", arg=execution_id)
+    time.sleep(0.5)  # a reconnect would have been made by now
+    after = log.read_bytes()[log_from:].decode()
+    # The stream that ended is logged as it ends; a reconnect would ask a new ticket first.
+    assert "POST /api/tickets" not in after and " 400 " not in after, after
+
