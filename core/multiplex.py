@@ -94,8 +94,9 @@ class StreamLeg:
         self.owner.ended(self)
 
     def close(self) -> None:
-        if self.subscription is not None:
-            self.subscription.close()
+        subscription, self.subscription = self.subscription, None  # it refers back here
+        if subscription is not None:
+            subscription.close()
 
 
 class MultiStream:
@@ -297,8 +298,9 @@ class PageLeg:
         self.page.has_news(live=False)
 
     def close(self) -> None:
-        if self.subscription is not None:
-            self.subscription.close()
+        subscription, self.subscription = self.subscription, None  # it refers back here
+        if subscription is not None:
+            subscription.close()
 
 
 class MultiPage:
@@ -369,9 +371,12 @@ class MultiPage:
         """Write the answer, unless the connection ended in an error (rendered by the
         transport) or the client left."""
         session = self.session
-        if session is None or disconnect.error is not None or disconnect.outcome == "client":
-            return
-        session.write(self.body())  # the one answer
+        try:
+            if session is None or disconnect.error is not None or disconnect.outcome == "client":
+                return
+            session.write(self.body())  # the one answer
+        finally:
+            self.legs.clear()  # each refers back here: freed by reference counting, not the collector
 
     def body(self) -> bytes:
         """The answer, splicing the pre-encoded envelopes (in the order the executions

@@ -172,6 +172,16 @@ class Session:
             finally:
                 self.transport.close(disconnect)
                 self.sessions.release(self, disconnect)
+                self._let_go()
+
+    def _let_go(self) -> None:
+        """Drop what refers back to this session (it is its own hub writer; its source
+        holds it), so that a finished connection is freed by reference counting at once,
+        not at the next full collection of the cycle collector: under churn that garbage
+        is what sets the process's memory high-water mark."""
+        self.writer = None
+        self.source = None
+        self.ops = None
 
     def close(self, disconnect: Disconnect) -> None:
         """End the connection for ``disconnect``; idempotent. Delivery stops at once;

@@ -44,8 +44,9 @@ class ExecutionStream:
         await self.subscription.start(self.execution)
 
     def stop(self) -> None:
-        if self.subscription is not None:
-            self.subscription.close()
+        subscription, self.subscription = self.subscription, None  # it refers back here
+        if subscription is not None:
+            subscription.close()
 
     async def finish(self, disconnect: Disconnect) -> None:
         return None
@@ -81,8 +82,9 @@ class ExecutionPage:
             self._answer()
 
     def stop(self) -> None:
-        if self.subscription is not None:
-            self.subscription.close()
+        subscription, self.subscription = self.subscription, None  # it refers back here
+        if subscription is not None:
+            subscription.close()
 
     async def finish(self, disconnect: Disconnect) -> None:
         """Write the page, unless the connection ended in an error (rendered by the

@@ -154,8 +154,22 @@ class OwnedSocket:
             self.queue = None
             self.queued = 0
         self.sock.close()
+        # The owner holds this socket and these are its bound methods: let go of them,
+        # so that a closed connection is freed by reference counting, not by the cycle
+        # collector (under churn, that garbage sets the process's memory high-water mark).
+        self.on_data = _no_data
+        self.on_gone = _no_gone
 
     def _gone(self) -> None:
         if self.open:
+            on_gone = self.on_gone
             self.abort()
-            self.on_gone()
+            on_gone()
+
+
+def _no_data(data: bytes) -> None:
+    """A closed socket's reader: nothing reads any more."""
+
+
+def _no_gone() -> None:
+    """A closed socket's owner was told already."""

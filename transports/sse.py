@@ -37,7 +37,13 @@ from transports.errors import as_herald_error
 from transports.handler import HeraldRequestHandler
 from transports.owned_socket import OwnedSocket
 from transports.request import STREAM_PATH, STREAMS_PATH, RequestMatches, stream_cursors, wants_event_stream
-from transports.tornado_internals import FastWriter, connection_stream, shed_handshake, take_socket
+from transports.tornado_internals import (
+    FastWriter,
+    break_cycles,
+    connection_stream,
+    shed_handshake,
+    take_socket,
+)
 
 NAME = TransportName.SSE
 RETRY_MS = 1000
@@ -134,6 +140,7 @@ class EventStreamTransport:
         stream = handler.detach()
         sock, _ = take_socket(stream)  # a client sends nothing on an event stream
         self.request.connection = self.request.server_connection = None  # they go with the handler
+        break_cycles(handler)  # never finished, so Tornado does not do it
         self.subject = handler.log_subject
         self.handler = None
         self.session = session
@@ -145,6 +152,15 @@ class EventStreamTransport:
             self.session.close(CLIENT_GONE)
 
     def close(self, disconnect: Disconnect) -> None:
+        """The session's last call: end the stream, then let go of the session and the
+        handler (they hold this transport) so that all are freed by reference counting."""
+        try:
+            self._end(disconnect)
+        finally:
+            self.session = None
+            self.handler = None
+
+    def _end(self, disconnect: Disconnect) -> None:
         writer = self.writer
         if isinstance(writer, OwnedSocket):
             if disconnect.outcome == "slow":

@@ -154,6 +154,13 @@ def shed_arguments(request: HTTPServerRequest) -> None:
     request.__dict__.pop("_cookies", None)  # parsed on demand again, from the headers
 
 
+def break_cycles(handler: tornado.web.RequestHandler) -> None:
+    """What ``RequestHandler.finish`` does last, for a handler whose socket Herald took
+    and that is never finished: drop the handler's UI namespace, which refers back to
+    the handler, so that it is freed by reference counting at once."""
+    handler._break_cycles()  # noqa: SLF001 - Tornado's own cycle breaker, no public name
+
+
 def shed_handshake(handler: tornado.web.RequestHandler) -> None:
     """Drop what a stream no longer needs once its response headers are written: the
     response header map, the request's parsed headers and arguments, and the query

@@ -236,7 +236,10 @@ class OwnedWebSocket:
         return self.socket.pending()
 
     def close(self, disconnect: Disconnect) -> None:
+        """The session's last call: the close frame, then let go of the session (it
+        holds this transport) so that both are freed by reference counting."""
         self._send_close(disconnect.code, disconnect.reason)
+        self.session = None
 
     def refuse(self, exc: HeraldError) -> None:
         """Refused at admission (no session): ``error``, then the close code."""
@@ -418,6 +421,12 @@ class HeraldSocket(tornado.websocket.WebSocketHandler):
         shed_handshake(self)  # the 101 answer is sent; nothing reads these again
         self.session.send_control(self.ready())
         self._life = asyncio.ensure_future(self.session.run(source))
+        self._life.add_done_callback(self._ended)
+
+    def _ended(self, life: asyncio.Task[None]) -> None:
+        """The session is over: let go of it (it holds this handler through its
+        transport), so that both are freed by reference counting at once."""
+        self.session = None
 
     async def hand_over(self, principal: Principal, source: Source | None) -> None:
         """Admit the connection on a socket Herald owns from now on (``OwnedWebSocket``);
