@@ -184,4 +184,3 @@ def test_a_shared_stream_whose_executions_all_ended_is_not_reopened(context, sse
     after = log.read_bytes()[log_from:].decode()
     # The stream that ended is logged as it ends; a reconnect would ask a new ticket first.
     assert "POST /api/tickets" not in after and " 400 " not in after, after
-
