@@ -250,6 +250,12 @@ class Dashboard:
         session = self.core.sessions.open(transport, who, **options)
         return session, asyncio.ensure_future(session.run(source))
 
+    def hold_poll(self, since: str) -> tuple[RecordingTransport, asyncio.Task[None]]:
+        """Alice's feed poll after ``since``, held up to 30 s."""
+        poll = long_poll()
+        _, task = self.connect(poll, FeedPage(self.core, self.feed, since), deadline=time.time() + 30)
+        return poll, task
+
 
 def event_stream() -> RecordingTransport:
     return RecordingTransport(TransportName.SSE, Encoding.SSE, Heartbeat.CONTROL_MESSAGE)
@@ -342,8 +348,7 @@ def test_a_poll_with_changes_after_its_version_is_answered_at_once() -> None:
         await board.create("bob")
         await board.progress(first, 20)
         newest = (await board.core.get_execution(first.id)).updated_at
-        poll = long_poll()
-        _, task = board.connect(poll, FeedPage(board.core, board.feed, since), deadline=time.time() + 30)
+        poll, task = board.hold_poll(since)
         await done(task)
         answer = poll.page()
         assert answer["type"] == "changes" and answer["version"] == version_of(newest)
@@ -357,8 +362,7 @@ def test_a_poll_with_nothing_new_is_held_until_a_change_of_its_caller() -> None:
         board = Dashboard()
         mine = await board.create()
         since = await board.version_now()
-        poll = long_poll()
-        _, task = board.connect(poll, FeedPage(board.core, board.feed, since), deadline=time.time() + 30)
+        poll, task = board.hold_poll(since)
         await asyncio.sleep(0.02)
         await board.create("bob")  # not the caller's
         await asyncio.sleep(0.02)
@@ -399,8 +403,7 @@ def test_a_poll_the_history_cannot_answer_is_answered_from_the_store() -> None:
         old = await board.create()  # before the feed's life: it was not heard
         board.feed = Feed()  # a process started after it (and after the version below)
         since = version_of(old.created_at - 1)
-        poll = long_poll()
-        _, task = board.connect(poll, FeedPage(board.core, board.feed, since), deadline=time.time() + 30)
+        poll, task = board.hold_poll(since)
         await done(task)
         answer = poll.page()
         assert [e["id"] for e in answer["executions"]] == [old.id]
@@ -414,8 +417,7 @@ def test_a_held_poll_is_answered_when_changes_may_have_been_lost() -> None:
         board = Dashboard()
         await board.create()
         since = await board.version_now()
-        poll = long_poll()
-        _, task = board.connect(poll, FeedPage(board.core, board.feed, since), deadline=time.time() + 30)
+        poll, task = board.hold_poll(since)
         await asyncio.sleep(0.01)
         assert not task.done()
         board.feed.lost_changes()
@@ -435,8 +437,7 @@ def test_after_lost_changes_an_idle_poll_is_held_not_answered_at_once() -> None:
         since = await board.version_now()
         board.feed.lost_changes()  # the history cannot tell for anything before now
         assert board.feed.changes_since(ALICE, float(since)) is None
-        poll = long_poll()
-        _, task = board.connect(poll, FeedPage(board.core, board.feed, since), deadline=time.time() + 30)
+        poll, task = board.hold_poll(since)
         await asyncio.sleep(0.05)
         assert not task.done() and poll.writes == []
         await board.progress(mine, 30)
@@ -454,8 +455,7 @@ def test_a_change_older_than_the_version_arriving_late_does_not_wake_a_poll() ->
         board = Dashboard()
         mine = await board.create()
         since = await board.version_now()
-        poll = long_poll()
-        _, task = board.connect(poll, FeedPage(board.core, board.feed, since), deadline=time.time() + 30)
+        poll, task = board.hold_poll(since)
         await asyncio.sleep(0.01)
         late = document("ex_late", "alice", float(since) - 0.5, progress=10)
         board.feed.observe(late, [])  # heard now, changed before ``since``
