@@ -88,6 +88,17 @@ def page(chromium: Any) -> Iterator[Any]:
         context.close()
 
 
+@pytest.fixture
+def context(chromium: Any) -> Iterator[Any]:
+    """A browser context of its own: its pages are tabs of one browser profile (they
+    share Web Locks and BroadcastChannel), apart from other tests' pages."""
+    context = chromium.new_context()
+    try:
+        yield context
+    finally:
+        context.close()
+
+
 def start_herald(*args: str, port: int | None = None) -> BrowserHerald:
     process = HeraldProcess("--heartbeat", "1", "--longpoll-wait", "5", *args, port=port)
     process.start()
@@ -98,6 +109,16 @@ def start_herald(*args: str, port: int | None = None) -> BrowserHerald:
 def browser_herald() -> Iterator[BrowserHerald]:
     """One server for the browser tests that do not restart it."""
     herald = start_herald()
+    try:
+        yield herald
+    finally:
+        herald.process.stop()
+
+
+@pytest.fixture(scope="module")
+def sse_only_herald() -> Iterator[BrowserHerald]:
+    """A server offering SSE only (``--transports sse``), for one test module."""
+    herald = start_herald("--transports", "sse")
     try:
         yield herald
     finally:

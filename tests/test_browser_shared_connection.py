@@ -18,13 +18,12 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures_browser import BrowserHerald, start_herald
+from tests.fixtures_browser import BrowserHerald
 from tests.test_browser import tokens
 
 pytestmark = pytest.mark.browser
@@ -43,24 +42,6 @@ FOLLOW = """async ({ids, token, options}) => {
     });
   }
 }"""
-
-
-@pytest.fixture(scope="module")
-def sse_only_herald() -> Iterator[BrowserHerald]:
-    herald = start_herald("--transports", "sse")
-    try:
-        yield herald
-    finally:
-        herald.process.stop()
-
-
-@pytest.fixture
-def context(chromium: Any) -> Iterator[Any]:
-    context = chromium.new_context()
-    try:
-        yield context
-    finally:
-        context.close()
 
 
 def open_pages(context: Any, h: BrowserHerald, ids: list[str], token: str, **options: Any) -> list[Any]:

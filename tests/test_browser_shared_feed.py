@@ -24,12 +24,12 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.fixtures_browser import BrowserHerald, start_herald
+from tests.fixtures_browser import BrowserHerald
 
 pytestmark = pytest.mark.browser
 
@@ -50,24 +50,6 @@ FEED_HOLDER = """async () => {
   const held = (await navigator.locks.query()).held.filter((l) => l.name.startsWith('herald-feed '));
   return held.length === 1 ? held[0].clientId : held.length ? 'several' : null;
 }"""
-
-
-@pytest.fixture(scope="module")
-def sse_only_herald() -> Iterator[BrowserHerald]:
-    herald = start_herald("--transports", "sse")
-    try:
-        yield herald
-    finally:
-        herald.process.stop()
-
-
-@pytest.fixture
-def context(chromium: Any) -> Iterator[Any]:
-    context = chromium.new_context()
-    try:
-        yield context
-    finally:
-        context.close()
 
 
 def connections(h: BrowserHerald) -> dict[str, float]:
