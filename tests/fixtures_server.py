@@ -291,8 +291,9 @@ def herald_settings(**overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running_herald(**overrides: Any):
-    """Start Core + HTTP server on a free 127.0.0.1 port; stop both on exit."""
+async def running_server(**overrides: Any):
+    """Start Core + HTTP server on a free 127.0.0.1 port; stop both on exit. Yields the
+    ``Herald`` and the HTTP server itself (for tests of the server's own connections)."""
     [sock] = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
     port = sock.getsockname()[1]
     settings = herald_settings(port=port, **overrides)
@@ -301,11 +302,18 @@ async def running_herald(**overrides: Any):
     server = make_server(make_app(core), settings)
     server.add_sockets([sock])
     try:
-        yield Herald(core, port, settings)
+        yield Herald(core, port, settings), server
     finally:
         server.stop()
         await core.stop()
         await asyncio.wait_for(server.close_all_connections(), 5)
+
+
+@asynccontextmanager
+async def running_herald(**overrides: Any):
+    """Start Core + HTTP server on a free 127.0.0.1 port; stop both on exit."""
+    async with running_server(**overrides) as (herald, _):
+        yield herald
 
 
 def run_with_herald(scenario: Callable[[Herald], Awaitable[Any]], **overrides: Any) -> Any:

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from tornado.netutil import bind_sockets
-
 from core.transport import TransportName
-from server import build_core, make_app, make_server
-from tests.fixtures_server import SCENARIO_TIMEOUT, Herald, herald_settings
+from tests.fixtures_server import SCENARIO_TIMEOUT, Herald, running_server
 from transports.poll_server import PollServer, State
 
 ORIGIN = "https://app.example"
@@ -23,20 +19,9 @@ ORIGIN = "https://app.example"
 
 @asynccontextmanager
 async def serving(**overrides: Any) -> AsyncIterator[tuple[Herald, PollServer]]:
-    [sock] = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
-    port = sock.getsockname()[1]
-    settings = herald_settings(port=port, **overrides)
-    core = build_core(settings)
-    await core.start()
-    server = make_server(make_app(core), settings)
-    assert isinstance(server, PollServer)
-    server.add_sockets([sock])
-    try:
-        yield Herald(core, port, settings), server
-    finally:
-        server.stop()
-        await core.stop()
-        await asyncio.wait_for(server.close_all_connections(), 5)
+    async with running_server(**overrides) as (herald, server):
+        assert isinstance(server, PollServer)
+        yield herald, server
 
 
 def run(scenario: Callable[[Herald, PollServer], Awaitable[None]], **overrides: Any) -> None:
